@@ -1,0 +1,285 @@
+//! The Agones allocator client: builds AllocationRequests and turns responses into connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use grpcio::{CallOption, Channel, ChannelBuilder, Environment, RpcStatusCode};
+
+use crate::config::{is_label_value, AgonesConfig};
+use crate::openmatch::MAX_RECONNECT_BACKOFF;
+use crate::proto::allocation::{
+    AllocationRequest, AllocationResponse, GameServerSelector, MetaPatch, MultiClusterSetting,
+};
+use crate::proto::allocation_grpc::AllocationServiceClient;
+use crate::rpc::RpcError;
+use crate::tls;
+
+/// Annotation on every allocated GameServer naming the match it was allocated for.
+pub const MATCH_ID_ANNOTATION: &str = "director.agones-openmatch/match-id";
+/// Label on every allocated GameServer naming the profile (sanitized) that produced the match.
+pub const PROFILE_LABEL: &str = "director.agones-openmatch/profile";
+
+/// Opens a dedicated, long-lived mTLS channel to the allocator for one worker thread. A local
+/// subchannel pool gives each worker its own TCP connection, spread over the allocator replicas.
+pub fn connect(env: Arc<Environment>, config: &AgonesConfig) -> Channel {
+    let mut builder = ChannelBuilder::new(env)
+        .primary_user_agent(crate::USER_AGENT)
+        .use_local_subchannel_pool(true)
+        .initial_reconnect_backoff(Duration::from_millis(200))
+        .max_reconnect_backoff(MAX_RECONNECT_BACKOFF)
+        .set_credentials(tls::channel_credentials(&config.tls));
+    if let Some(name) = &config.tls_server_name {
+        builder = builder.override_ssl_target(name.clone());
+    }
+    builder.connect(&config.allocator.target())
+}
+
+/// Whether a failed Allocate is worth another attempt: the allocator is unreachable, overloaded,
+/// lost a race, or has no Ready game server yet.
+pub fn is_retryable(code: RpcStatusCode) -> bool {
+    matches!(
+        code,
+        RpcStatusCode::UNAVAILABLE
+            | RpcStatusCode::ABORTED
+            | RpcStatusCode::DEADLINE_EXCEEDED
+            | RpcStatusCode::UNKNOWN
+            | RpcStatusCode::RESOURCE_EXHAUSTED
+    )
+}
+
+/// A client of `allocation.AllocationService`.
+pub struct AllocatorClient {
+    client: AllocationServiceClient,
+}
+
+impl AllocatorClient {
+    /// A client on `channel`.
+    pub fn new(channel: Channel) -> AllocatorClient {
+        AllocatorClient {
+            client: AllocationServiceClient::new(channel),
+        }
+    }
+
+    /// One Allocate call with a deadline.
+    pub fn allocate(
+        &self,
+        request: &AllocationRequest,
+        timeout: Duration,
+    ) -> Result<AllocationResponse, RpcError> {
+        Ok(self
+            .client
+            .allocate_opt(request, CallOption::default().timeout(timeout))?)
+    }
+}
+
+/// The request for one match: the region's selector, namespace, multi-cluster flag, and metadata
+/// that lets a game server allocated by a lost response be traced back to its match.
+pub fn allocation_request(
+    config: &AgonesConfig,
+    region: &str,
+    profile_name: &str,
+    match_id: &str,
+) -> AllocationRequest {
+    let mut selector = GameServerSelector::new();
+    selector
+        .mut_matchLabels()
+        .insert(config.region_label.clone(), region.to_string());
+    let mut multicluster = MultiClusterSetting::new();
+    multicluster.set_enabled(config.multicluster);
+    let mut metadata = MetaPatch::new();
+    metadata
+        .mut_annotations()
+        .insert(MATCH_ID_ANNOTATION.to_string(), match_id.to_string());
+    metadata
+        .mut_labels()
+        .insert(PROFILE_LABEL.to_string(), label_value(profile_name));
+    let mut request = AllocationRequest::new();
+    request.set_namespace(config.namespace.clone());
+    request.set_multiClusterSetting(multicluster);
+    request.mut_gameServerSelectors().push(selector);
+    request.set_metadata(metadata);
+    request
+}
+
+/// `text` made into a valid Kubernetes label value: other characters become `-`, at most 63
+/// characters, starting and ending with a letter or digit.
+pub fn label_value(text: &str) -> String {
+    let replaced: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    debug_assert!(is_label_value(trimmed));
+    trimmed.to_string()
+}
+
+/// An allocated game server the players can connect to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GameServer {
+    /// The GameServer's name.
+    pub name: String,
+    /// `address:port` for the Assignment.
+    pub connection: String,
+}
+
+/// A game server was allocated but cannot be used: it stays allocated and needs attention.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnusableGameServer {
+    /// The GameServer's name.
+    pub name: String,
+    /// What the response lacked.
+    pub reason: String,
+}
+
+/// The connection string for the response's primary address and the port named `port_name`.
+pub fn game_server(
+    response: &AllocationResponse,
+    port_name: &str,
+) -> Result<GameServer, UnusableGameServer> {
+    let name = response.get_gameServerName().to_string();
+    let unusable = |reason: String| UnusableGameServer {
+        name: name.clone(),
+        reason,
+    };
+    let address = response.get_address();
+    if address.is_empty() {
+        return Err(unusable("the allocation response has no address".into()));
+    }
+    let port = response
+        .get_ports()
+        .iter()
+        .find(|p| p.get_name() == port_name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = response.get_ports().iter().map(|p| p.get_name()).collect();
+            unusable(format!("no port named {port_name:?} (ports: {names:?})"))
+        })?
+        .get_port();
+    if !(1..=65535).contains(&port) {
+        return Err(unusable(format!("port {port_name:?} is {port}, not a TCP port")));
+    }
+    let host = if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    Ok(GameServer {
+        name,
+        connection: format!("{host}:{port}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::allocation::AllocationResponse_GameServerStatusPort as Port;
+    use crate::rpc::AGONES_VALIDATION_ERROR;
+    use crate::tls::{PemFile, TlsMaterial};
+
+    fn agones_config() -> AgonesConfig {
+        AgonesConfig {
+            allocator: crate::config::Endpoint {
+                host: "allocator".into(),
+                port: 443,
+            },
+            tls: TlsMaterial {
+                ca: PemFile {
+                    path: "ca.crt".into(),
+                    pem: Vec::new(),
+                },
+                identity: None,
+            },
+            tls_server_name: None,
+            namespace: "games".into(),
+            multicluster: true,
+            region_label: "topology/region".into(),
+            port_name: "default".into(),
+        }
+    }
+
+    fn response(address: &str, ports: &[(&str, i32)]) -> AllocationResponse {
+        let mut response = AllocationResponse::new();
+        response.set_gameServerName("gs-1".into());
+        response.set_address(address.into());
+        for (name, number) in ports {
+            let mut port = Port::new();
+            port.set_name(name.to_string());
+            port.set_port(*number);
+            response.mut_ports().push(port);
+        }
+        response
+    }
+
+    #[test]
+    fn request_selects_region_and_tags_match() {
+        let request = allocation_request(&agones_config(), "eu-west", "latency-eu-west-0-24", "m-1");
+        assert_eq!(request.get_namespace(), "games");
+        assert!(request.get_multiClusterSetting().get_enabled());
+        let selectors = request.get_gameServerSelectors();
+        assert_eq!(selectors.len(), 1);
+        assert_eq!(selectors[0].get_matchLabels()["topology/region"], "eu-west");
+        let metadata = request.get_metadata();
+        assert_eq!(metadata.get_annotations()[MATCH_ID_ANNOTATION], "m-1");
+        assert_eq!(metadata.get_labels()[PROFILE_LABEL], "latency-eu-west-0-24");
+    }
+
+    #[test]
+    fn label_value_is_sanitized() {
+        assert_eq!(label_value("latency-us-east-1-0-24"), "latency-us-east-1-0-24");
+        assert_eq!(label_value("-a b/c-"), "a-b-c");
+        let long = label_value(&"x".repeat(100));
+        assert_eq!(long.len(), 63);
+        assert!(is_label_value(&label_value("ä:ö")) );
+    }
+
+    #[test]
+    fn connection_uses_named_port() {
+        let server = game_server(&response("1.2.3.4", &[("metrics", 9000), ("default", 7777)]), "default");
+        assert_eq!(
+            server,
+            Ok(GameServer {
+                name: "gs-1".into(),
+                connection: "1.2.3.4:7777".into()
+            })
+        );
+        let v6 = game_server(&response("fd00::1", &[("default", 7777)]), "default").unwrap();
+        assert_eq!(v6.connection, "[fd00::1]:7777");
+    }
+
+    #[test]
+    fn missing_port_or_address_is_unusable() {
+        let no_port = game_server(&response("1.2.3.4", &[]), "default").unwrap_err();
+        assert_eq!(no_port.name, "gs-1");
+        assert!(no_port.reason.contains("no port named \"default\""));
+        let no_address = game_server(&response("", &[("default", 7777)]), "default").unwrap_err();
+        assert!(no_address.reason.contains("no address"));
+    }
+
+    #[test]
+    fn retryable_codes() {
+        for code in [
+            RpcStatusCode::UNAVAILABLE,
+            RpcStatusCode::ABORTED,
+            RpcStatusCode::DEADLINE_EXCEEDED,
+            RpcStatusCode::UNKNOWN,
+            RpcStatusCode::RESOURCE_EXHAUSTED,
+        ] {
+            assert!(is_retryable(code), "{code:?}");
+        }
+        for code in [
+            RpcStatusCode::INVALID_ARGUMENT,
+            RpcStatusCode::PERMISSION_DENIED,
+            RpcStatusCode::UNAUTHENTICATED,
+            RpcStatusCode::UNIMPLEMENTED,
+            RpcStatusCode::from(AGONES_VALIDATION_ERROR),
+        ] {
+            assert!(!is_retryable(code), "{code:?}");
+        }
+    }
+}

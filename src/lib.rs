@@ -1,0 +1,20 @@
+//! A Director for Open Match v1 that gets game servers from the Agones allocator.
+//!
+//! Data flows one way: [`config`] → [`profiles`] → fetcher threads ([`openmatch`]) → a bounded
+//! queue → allocator workers ([`allocator`], then [`openmatch`] again to assign or release), all
+//! wired in [`pipeline`] and stopped through [`shutdown`].
+#![warn(missing_docs)]
+
+pub mod allocator;
+pub mod config;
+pub mod openmatch;
+pub mod pipeline;
+pub mod profiles;
+pub mod proto;
+pub mod retry;
+pub mod rpc;
+pub mod shutdown;
+pub mod tls;
+
+/// The user agent sent on every gRPC channel.
+pub const USER_AGENT: &str = concat!("agones-openmatch-director/", env!("CARGO_PKG_VERSION"));

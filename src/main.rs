@@ -1,0 +1,116 @@
+//! `director`: wiring only. Load the configuration, start the pipeline, wait, report, exit.
+
+use std::process::ExitCode;
+
+use agones_openmatch_director::config::Config;
+use agones_openmatch_director::pipeline::{self, Totals};
+use agones_openmatch_director::profiles::{build_profiles, Profile};
+use agones_openmatch_director::shutdown::Shutdown;
+
+/// Exit code for a configuration the Director cannot run with.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+const USAGE: &str = "usage: director [--help | --version]
+Fetches matches from Open Match, allocates a game server for each from the Agones allocator,
+and assigns it to the match's tickets. Configured by environment variables (see README.md).";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => run(),
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        ["--version" | "-V"] => {
+            println!("director {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn run() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("director: {errors}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    config.warnings.iter().for_each(|w| log::warn!("{w}"));
+    let profiles = build_profiles(&config.profiles);
+    log_summary(&config, &profiles);
+
+    let shutdown = Shutdown::new(config.timing.shutdown_timeout);
+    if let Err(error) = shutdown.install_signal_handler() {
+        log::error!("Cannot install the SIGTERM/SIGINT handler: {error}");
+        return ExitCode::FAILURE;
+    }
+    grpcio::redirect_log();
+    match pipeline::run(&config, profiles, &shutdown) {
+        Ok(totals) => {
+            log_totals(&totals);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            log::error!("Cannot start the pipeline threads: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log_summary(config: &Config, profiles: &[Profile]) {
+    let om = &config.openmatch;
+    let om_security = match &om.tls {
+        None => "plaintext",
+        Some(tls) if tls.identity.is_some() => "mTLS",
+        Some(_) => "TLS",
+    };
+    let agones = &config.agones;
+    let timing = &config.timing;
+    log::info!(
+        "Starting director {}: Open Match backend {} ({om_security}), match function {}; Agones allocator {} (mTLS, CA {}, server name {}), namespace {:?}, multicluster {}, selector label {:?}, port {:?}",
+        env!("CARGO_PKG_VERSION"),
+        om.backend,
+        om.match_function,
+        agones.allocator,
+        agones.tls.ca.path.display(),
+        agones.tls_server_name.as_deref().unwrap_or("from address"),
+        agones.namespace,
+        agones.multicluster,
+        agones.region_label,
+        agones.port_name,
+    );
+    log::info!(
+        "{} profiles ({}); interval {:?}; timeouts fetch {:?} allocate {:?} assign {:?}; retry budgets allocate {:?} assign {:?}; shutdown timeout {:?}; {} allocator threads; queue {}",
+        profiles.len(),
+        profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        timing.interval,
+        timing.fetch_timeout,
+        timing.allocate_timeout,
+        timing.assign_timeout,
+        timing.allocate_retry_budget,
+        timing.assign_retry_budget,
+        timing.shutdown_timeout,
+        config.allocator_threads,
+        config.queue_capacity,
+    );
+}
+
+fn log_totals(totals: &Totals) {
+    log::info!(
+        "Director stopped: {} matches received: {} assigned, {} released, {} abandoned to Open Match's pending-release timeout; {} empty matches skipped, {} tickets not found, {} orphaned game servers",
+        totals.received,
+        totals.assigned,
+        totals.released,
+        totals.abandoned,
+        totals.skipped_empty,
+        totals.tickets_not_found,
+        totals.orphaned_game_servers,
+    );
+}

@@ -1,0 +1,205 @@
+//! TLS material: PEM files read once, validated with rustls, and turned into gRPC credentials.
+//!
+//! Private keys are held in [`SecretPem`], whose `Debug` never shows the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use grpcio::{ChannelCredentials, ChannelCredentialsBuilder};
+use rustls::crypto::ring::default_provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+/// A PEM file's path and contents.
+#[derive(Clone, Debug)]
+pub struct PemFile {
+    /// Where the file was read from.
+    pub path: PathBuf,
+    /// The file's bytes.
+    pub pem: Vec<u8>,
+}
+
+/// A private key's PEM bytes; `Debug` redacts them.
+#[derive(Clone)]
+pub struct SecretPem(Vec<u8>);
+
+impl SecretPem {
+    /// The PEM bytes, for handing to the TLS stack only.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPem(<redacted>)")
+    }
+}
+
+/// A client certificate chain and the private key that matches it.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_chain: PemFile,
+    /// Path of the key file.
+    pub key_path: PathBuf,
+    /// The key itself.
+    pub key: SecretPem,
+}
+
+/// What a TLS client needs: CA certificates, and a client identity for mTLS.
+#[derive(Clone, Debug)]
+pub struct TlsMaterial {
+    /// Certificates the server's chain must lead to.
+    pub ca: PemFile,
+    /// Client certificate and key; `None` for server-only TLS.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// Which of the two identity files a problem is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityFile {
+    /// The certificate chain file.
+    Certificate,
+    /// The private key file.
+    Key,
+}
+
+/// A problem with a client identity, attributed to one of its files.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IdentityProblem {
+    /// The file at fault.
+    pub file: IdentityFile,
+    /// What is wrong, naming the file's path.
+    pub message: String,
+}
+
+/// Reads a CA bundle and checks that it holds at least one well-formed certificate.
+pub fn load_ca(path: &Path) -> Result<PemFile, String> {
+    let pem = read_pem_file(path)?;
+    let certs = parse_certificates(path, &pem)?;
+    let mut store = RootCertStore::empty();
+    for (index, cert) in certs.into_iter().enumerate() {
+        store.add(cert).map_err(|e| {
+            format!(
+                "certificate #{} in {} is not a usable CA certificate: {e}",
+                index + 1,
+                path.display()
+            )
+        })?;
+    }
+    Ok(PemFile {
+        path: path.to_path_buf(),
+        pem,
+    })
+}
+
+/// Reads a certificate chain and its private key, and checks that the key belongs to the leaf.
+pub fn load_identity(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<ClientIdentity, Vec<IdentityProblem>> {
+    let cert_problem = |message| IdentityProblem {
+        file: IdentityFile::Certificate,
+        message,
+    };
+    let key_problem = |message| IdentityProblem {
+        file: IdentityFile::Key,
+        message,
+    };
+    let chain = read_pem_file(cert_path).and_then(|pem| {
+        let certs = parse_certificates(cert_path, &pem)?;
+        Ok((pem, certs))
+    });
+    let key = read_pem_file(key_path).and_then(|pem| {
+        let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+            format!("{} holds no PEM private key: {e}", key_path.display())
+        })?;
+        Ok((pem, der))
+    });
+    let ((chain_pem, certs), (key_pem, key_der)) = match (chain, key) {
+        (Ok(chain), Ok(key)) => (chain, key),
+        (chain, key) => {
+            let mut problems = Vec::new();
+            problems.extend(chain.err().map(cert_problem));
+            problems.extend(key.err().map(key_problem));
+            return Err(problems);
+        }
+    };
+    let signing_key = default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| {
+            vec![key_problem(format!(
+                "{} is not a supported private key: {e}",
+                key_path.display()
+            ))]
+        })?;
+    CertifiedKey::new(certs, signing_key)
+        .keys_match()
+        .or_else(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown) => Ok(()),
+            other => Err(other),
+        })
+        .map_err(|e| {
+            vec![key_problem(format!(
+                "{} does not match the certificate in {}: {e}",
+                key_path.display(),
+                cert_path.display()
+            ))]
+        })?;
+    Ok(ClientIdentity {
+        cert_chain: PemFile {
+            path: cert_path.to_path_buf(),
+            pem: chain_pem,
+        },
+        key_path: key_path.to_path_buf(),
+        key: SecretPem(key_pem),
+    })
+}
+
+/// gRPC channel credentials for this material.
+pub fn channel_credentials(material: &TlsMaterial) -> ChannelCredentials {
+    let builder = ChannelCredentialsBuilder::new().root_cert(material.ca.pem.clone());
+    match &material.identity {
+        Some(identity) => builder
+            .cert(identity.cert_chain.pem.clone(), identity.key.expose().to_vec())
+            .build(),
+        None => builder.build(),
+    }
+}
+
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.contains(&0) {
+        return Err(format!("{} contains a NUL byte: not a PEM file", path.display()));
+    }
+    Ok(bytes)
+}
+
+fn parse_certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    for (index, cert) in certs.iter().enumerate() {
+        webpki_parse(cert).map_err(|e| {
+            format!(
+                "certificate #{} in {} is not a valid X.509 certificate: {e}",
+                index + 1,
+                path.display()
+            )
+        })?;
+    }
+    Ok(certs)
+}
+
+/// Parses a certificate the way rustls will, to catch malformed DER early.
+fn webpki_parse(cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    rustls::server::ParsedCertificate::try_from(cert).map(|_| ())
+}
