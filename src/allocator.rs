@@ -162,7 +162,9 @@ pub fn game_server(
         })?
         .get_port();
     if !(1..=65535).contains(&port) {
-        return Err(unusable(format!("port {port_name:?} is {port}, not a TCP port")));
+        return Err(unusable(format!(
+            "port {port_name:?} is {port}, not a TCP port"
+        )));
     }
     let host = if address.contains(':') && !address.starts_with('[') {
         format!("[{address}]")
@@ -218,7 +220,8 @@ mod tests {
 
     #[test]
     fn request_selects_region_and_tags_match() {
-        let request = allocation_request(&agones_config(), "eu-west", "latency-eu-west-0-24", "m-1");
+        let request =
+            allocation_request(&agones_config(), "eu-west", "latency-eu-west-0-24", "m-1");
         assert_eq!(request.get_namespace(), "games");
         assert!(request.get_multiClusterSetting().get_enabled());
         let selectors = request.get_gameServerSelectors();
@@ -231,16 +234,22 @@ mod tests {
 
     #[test]
     fn label_value_is_sanitized() {
-        assert_eq!(label_value("latency-us-east-1-0-24"), "latency-us-east-1-0-24");
+        assert_eq!(
+            label_value("latency-us-east-1-0-24"),
+            "latency-us-east-1-0-24"
+        );
         assert_eq!(label_value("-a b/c-"), "a-b-c");
         let long = label_value(&"x".repeat(100));
         assert_eq!(long.len(), 63);
-        assert!(is_label_value(&label_value("ä:ö")) );
+        assert!(is_label_value(&label_value("ä:ö")));
     }
 
     #[test]
     fn connection_uses_named_port() {
-        let server = game_server(&response("1.2.3.4", &[("metrics", 9000), ("default", 7777)]), "default");
+        let server = game_server(
+            &response("1.2.3.4", &[("metrics", 9000), ("default", 7777)]),
+            "default",
+        );
         assert_eq!(
             server,
             Ok(GameServer {

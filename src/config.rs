@@ -251,12 +251,18 @@ fn read_endpoint(r: &mut Reader, host: (&str, &str), port: (&str, &str)) -> Opti
 fn read_openmatch(r: &mut Reader) -> Option<OpenMatchConfig> {
     let backend = read_endpoint(
         r,
-        ("OPENMATCH_BACKEND_ADDR", "open-match-backend.open-match.svc.cluster.local"),
+        (
+            "OPENMATCH_BACKEND_ADDR",
+            "open-match-backend.open-match.svc.cluster.local",
+        ),
         ("OPENMATCH_BACKEND_PORT", "50505"),
     );
     let match_function = read_endpoint(
         r,
-        ("OPENMATCH_MATCH_FUNCTION_ADDR", "agones-openmatch-mmf.agones-openmatch.svc.cluster.local"),
+        (
+            "OPENMATCH_MATCH_FUNCTION_ADDR",
+            "agones-openmatch-mmf.agones-openmatch.svc.cluster.local",
+        ),
         ("OPENMATCH_MATCH_FUNCTION_PORT", "50502"),
     );
     let ca = r.optional("OPENMATCH_CA_CERT");
@@ -274,13 +280,21 @@ fn read_openmatch(r: &mut Reader) -> Option<OpenMatchConfig> {
         (Some(ca), cert, key) => {
             let identity = match (cert, key) {
                 (None, None) => None,
-                (Some(cert), Some(key)) => Some(("OPENMATCH_CLIENT_CERT", cert, "OPENMATCH_CLIENT_KEY", key)),
+                (Some(cert), Some(key)) => {
+                    Some(("OPENMATCH_CLIENT_CERT", cert, "OPENMATCH_CLIENT_KEY", key))
+                }
                 (Some(_), None) => {
-                    r.problem("OPENMATCH_CLIENT_KEY", "must be set when OPENMATCH_CLIENT_CERT is set");
+                    r.problem(
+                        "OPENMATCH_CLIENT_KEY",
+                        "must be set when OPENMATCH_CLIENT_CERT is set",
+                    );
                     return None;
                 }
                 (None, Some(_)) => {
-                    r.problem("OPENMATCH_CLIENT_CERT", "must be set when OPENMATCH_CLIENT_KEY is set");
+                    r.problem(
+                        "OPENMATCH_CLIENT_CERT",
+                        "must be set when OPENMATCH_CLIENT_KEY is set",
+                    );
                     return None;
                 }
             };
@@ -297,7 +311,10 @@ fn read_openmatch(r: &mut Reader) -> Option<OpenMatchConfig> {
 fn read_agones(r: &mut Reader) -> Option<AgonesConfig> {
     let allocator = read_endpoint(
         r,
-        ("AGONES_ALLOCATOR_ADDR", "agones-allocator.agones-system.svc.cluster.local"),
+        (
+            "AGONES_ALLOCATOR_ADDR",
+            "agones-allocator.agones-system.svc.cluster.local",
+        ),
         ("AGONES_ALLOCATOR_PORT", "443"),
     );
     let cert = r.string("AGONES_CLIENT_CERT", "/etc/director/agones-tls/tls.crt");
@@ -361,7 +378,11 @@ fn read_profiles(r: &mut Reader) -> ProfileConfig {
         .parsed("RANGES", "0-24,25-49,50-74,75-99,100-9999", parse_bands)
         .unwrap_or_default();
     let tag = r.string("PROFILE_TAG", "mode.session");
-    ProfileConfig { regions, bands, tag }
+    ProfileConfig {
+        regions,
+        bands,
+        tag,
+    }
 }
 
 fn read_timing(r: &mut Reader) -> Option<Timing> {
@@ -395,10 +416,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (text, 1_000)
     };
-    let number: u64 = number
-        .trim()
-        .parse()
-        .map_err(|_| "is not a duration: use a whole number with ms, s or m (e.g. 500ms, 5s, 2m)".to_string())?;
+    let number: u64 = number.trim().parse().map_err(|_| {
+        "is not a duration: use a whole number with ms, s or m (e.g. 500ms, 5s, 2m)".to_string()
+    })?;
     number
         .checked_mul(unit_ms)
         .map(Duration::from_millis)
@@ -469,7 +489,9 @@ pub fn parse_bands(text: &str) -> Result<Vec<Band>, String> {
             .split_once('-')
             .and_then(|(min, max)| Some((min.trim().parse().ok()?, max.trim().parse().ok()?)))
             .map(|(min, max)| Band { min, max })
-            .ok_or_else(|| format!("band {item:?} is not of the form MIN-MAX with whole numbers"))?;
+            .ok_or_else(|| {
+                format!("band {item:?} is not of the form MIN-MAX with whole numbers")
+            })?;
         if band.min > band.max {
             return Err(format!("band {item:?} has min > max"));
         }
@@ -499,4 +521,309 @@ pub fn is_label_value(value: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_certs::{TempDir, TestCa, Usage};
+    use std::collections::HashMap;
+
+    /// A directory with a valid Agones CA, client cert and key, plus the variables naming them.
+    struct Fixture {
+        dir: TempDir,
+        vars: HashMap<String, String>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = TempDir::new("config");
+            let ca = TestCa::new("agones CA");
+            let client = ca.issue(&["director"], Usage::Client);
+            let mut vars = HashMap::new();
+            for (var, name, contents) in [
+                ("AGONES_CA_CERT", "ca.crt", ca.pem()),
+                ("AGONES_CLIENT_CERT", "tls.crt", client.cert_pem),
+                ("AGONES_CLIENT_KEY", "tls.key", client.key_pem),
+            ] {
+                let path = dir.write(name, contents);
+                vars.insert(var.to_string(), path.display().to_string());
+            }
+            Fixture { dir, vars }
+        }
+
+        fn set(mut self, var: &str, value: &str) -> Fixture {
+            self.vars.insert(var.to_string(), value.to_string());
+            self
+        }
+
+        fn load(&self) -> Result<Config, ConfigErrors> {
+            Config::from_lookup(&|name| self.vars.get(name).cloned())
+        }
+
+        fn problems(&self) -> Vec<String> {
+            self.load().expect_err("configuration should be rejected").0
+        }
+    }
+
+    #[test]
+    fn every_default() {
+        let config = Fixture::new().load().expect("defaults are valid");
+        let om = &config.openmatch;
+        assert_eq!(
+            om.backend.target(),
+            "open-match-backend.open-match.svc.cluster.local:50505"
+        );
+        assert_eq!(
+            om.match_function.target(),
+            "agones-openmatch-mmf.agones-openmatch.svc.cluster.local:50502"
+        );
+        assert!(om.tls.is_none());
+        let agones = &config.agones;
+        assert_eq!(
+            agones.allocator.target(),
+            "agones-allocator.agones-system.svc.cluster.local:443"
+        );
+        assert!(agones.tls.identity.is_some());
+        assert_eq!(agones.tls_server_name, None);
+        assert_eq!(agones.namespace, "default");
+        assert!(!agones.multicluster);
+        assert_eq!(agones.region_label, "region");
+        assert_eq!(agones.port_name, "default");
+        assert_eq!(config.profiles.regions, ["us-east-1", "us-east-2"]);
+        let bands: Vec<_> = config
+            .profiles
+            .bands
+            .iter()
+            .map(|b| (b.min, b.max))
+            .collect();
+        assert_eq!(bands, [(0, 24), (25, 49), (50, 74), (75, 99), (100, 9999)]);
+        assert_eq!(config.profiles.tag, "mode.session");
+        let s = Duration::from_secs;
+        assert_eq!(
+            config.timing,
+            Timing {
+                interval: s(5),
+                fetch_timeout: s(30),
+                allocate_timeout: s(10),
+                assign_timeout: s(5),
+                allocate_retry_budget: s(20),
+                assign_retry_budget: s(10),
+                shutdown_timeout: s(25),
+            }
+        );
+        assert_eq!(config.allocator_threads, 8);
+        assert_eq!(config.queue_capacity, 64);
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn default_certificate_paths_are_named_when_missing() {
+        let problems = Config::from_lookup(&|_| None)
+            .expect_err("no certificates")
+            .0;
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("AGONES_CA_CERT: cannot read /etc/director/agones-tls/ca.crt")
+        );
+        assert!(problems[1]
+            .starts_with("AGONES_CLIENT_CERT: cannot read /etc/director/agones-tls/tls.crt"));
+        assert!(problems[2]
+            .starts_with("AGONES_CLIENT_KEY: cannot read /etc/director/agones-tls/tls.key"));
+    }
+
+    #[test]
+    fn explicit_values_are_used() {
+        let config = Fixture::new()
+            .set("OPENMATCH_BACKEND_ADDR", "om")
+            .set("OPENMATCH_BACKEND_PORT", "1234")
+            .set("AGONES_ALLOCATOR_ADDR", "::1")
+            .set("AGONES_TLS_SERVER_NAME", "agones-allocator")
+            .set("AGONES_MULTICLUSTER", "true")
+            .set("REGIONS", " eu , asia ")
+            .set("RANGES", "0-10,11-20")
+            .set("INTERVAL", "250ms")
+            .set("FETCH_TIMEOUT", "2m")
+            .set("ALLOCATE_RETRY_BUDGET", "0")
+            .set("ALLOCATOR_THREADS", "32")
+            .load()
+            .expect("valid");
+        assert_eq!(config.openmatch.backend.target(), "om:1234");
+        assert_eq!(config.agones.allocator.target(), "[::1]:443");
+        assert_eq!(
+            config.agones.tls_server_name.as_deref(),
+            Some("agones-allocator")
+        );
+        assert!(config.agones.multicluster);
+        assert_eq!(config.profiles.regions, ["eu", "asia"]);
+        assert_eq!(config.timing.interval, Duration::from_millis(250));
+        assert_eq!(config.timing.fetch_timeout, Duration::from_secs(120));
+        assert_eq!(config.timing.allocate_retry_budget, Duration::ZERO);
+        assert_eq!(config.allocator_threads, 32);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_variable() {
+        let problems = Fixture::new()
+            .set("INTERVAL", "soon")
+            .set("ALLOCATOR_THREADS", "0")
+            .set("RANGES", "10-5")
+            .set("REGIONS", " , ")
+            .set("OPENMATCH_BACKEND_PORT", "70000")
+            .set("AGONES_MULTICLUSTER", "maybe")
+            .set("QUEUE_CAPACITY", "many")
+            .set("ASSIGN_TIMEOUT", "0s")
+            .problems();
+        let vars: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            vars,
+            [
+                "OPENMATCH_BACKEND_PORT",
+                "AGONES_MULTICLUSTER",
+                "REGIONS",
+                "RANGES",
+                "INTERVAL",
+                "ASSIGN_TIMEOUT",
+                "ALLOCATOR_THREADS",
+                "QUEUE_CAPACITY"
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems[3].contains("min > max"));
+        assert!(problems[5].contains("greater than zero"));
+    }
+
+    #[test]
+    fn empty_value_is_a_problem() {
+        let problems = Fixture::new().set("AGONES_NAMESPACE", " ").problems();
+        assert_eq!(problems, ["AGONES_NAMESPACE: is empty"]);
+    }
+
+    #[test]
+    fn overlapping_bands_and_duplicate_regions_are_rejected() {
+        assert_eq!(
+            parse_bands("0-24,20-49"),
+            Err("bands 0-24 and 20-49 overlap".to_string())
+        );
+        assert_eq!(
+            parse_bands("50-99,0-50"),
+            Err("bands 0-50 and 50-99 overlap".to_string())
+        );
+        assert!(parse_bands("0-24,x").unwrap_err().contains("\"x\""));
+        assert_eq!(
+            parse_regions("eu,us,eu"),
+            Err("region \"eu\" is listed twice".to_string())
+        );
+        assert!(parse_regions("us east")
+            .unwrap_err()
+            .contains("label value"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn certificate_problems_name_variable_and_file() {
+        let fixture = Fixture::new();
+        let garbage = fixture.dir.write("garbage.pem", "not a certificate");
+        let other = TestCa::new("other").issue(&["x"], Usage::Client);
+        let other_key = fixture.dir.write("other.key", other.key_pem);
+        let problems = fixture
+            .set("AGONES_CA_CERT", &garbage.display().to_string())
+            .set("AGONES_CLIENT_KEY", &other_key.display().to_string())
+            .problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("AGONES_CA_CERT: "));
+        assert!(problems[0].contains("garbage.pem holds no PEM certificate"));
+        assert!(problems[1].starts_with("AGONES_CLIENT_KEY: "));
+        assert!(problems[1].contains("does not match the certificate"));
+    }
+
+    #[test]
+    fn key_file_without_key_and_unreadable_cert_are_both_reported() {
+        let fixture = Fixture::new();
+        let ca_path = fixture.vars["AGONES_CA_CERT"].clone();
+        let problems = fixture
+            .set("AGONES_CLIENT_CERT", "/nonexistent/tls.crt")
+            .set("AGONES_CLIENT_KEY", &ca_path)
+            .problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("AGONES_CLIENT_CERT: cannot read /nonexistent/tls.crt"));
+        assert!(
+            problems[1].starts_with("AGONES_CLIENT_KEY: ")
+                && problems[1].contains("no PEM private key")
+        );
+    }
+
+    #[test]
+    fn openmatch_tls_combinations() {
+        let fixture = Fixture::new();
+        let ca = fixture.vars["AGONES_CA_CERT"].clone();
+        let cert = fixture.vars["AGONES_CLIENT_CERT"].clone();
+        let key = fixture.vars["AGONES_CLIENT_KEY"].clone();
+        let tls_only = Fixture::new().set("OPENMATCH_CA_CERT", &ca).load().unwrap();
+        assert!(tls_only.openmatch.tls.unwrap().identity.is_none());
+        let mtls = Fixture::new()
+            .set("OPENMATCH_CA_CERT", &ca)
+            .set("OPENMATCH_CLIENT_CERT", &cert)
+            .set("OPENMATCH_CLIENT_KEY", &key)
+            .load()
+            .unwrap();
+        assert!(mtls.openmatch.tls.unwrap().identity.is_some());
+        let no_ca = Fixture::new()
+            .set("OPENMATCH_CLIENT_CERT", &cert)
+            .problems();
+        assert_eq!(
+            no_ca,
+            ["OPENMATCH_CA_CERT: must be set when OPENMATCH_CLIENT_CERT or OPENMATCH_CLIENT_KEY is set"]
+        );
+        let no_key = Fixture::new()
+            .set("OPENMATCH_CA_CERT", &ca)
+            .set("OPENMATCH_CLIENT_CERT", &cert)
+            .problems();
+        assert_eq!(
+            no_key,
+            ["OPENMATCH_CLIENT_KEY: must be set when OPENMATCH_CLIENT_CERT is set"]
+        );
+    }
+
+    #[test]
+    fn go_director_names_are_accepted_with_a_warning() {
+        let fixture = Fixture::new();
+        let mut vars = fixture.vars.clone();
+        let ca = vars.remove("AGONES_CA_CERT").unwrap();
+        vars.insert("CA_FILE".into(), ca);
+        vars.insert("NAMESPACE".into(), "agones-system".into());
+        let config = Config::from_lookup(&|name| vars.get(name).cloned()).expect("valid");
+        assert_eq!(config.agones.namespace, "agones-system");
+        assert_eq!(
+            config.warnings,
+            [
+                "CA_FILE is deprecated: set AGONES_CA_CERT instead",
+                "NAMESPACE is deprecated: set AGONES_NAMESPACE instead"
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let fixture = Fixture::new();
+        let config = fixture.load().unwrap();
+        let key = std::fs::read_to_string(&fixture.vars["AGONES_CLIENT_KEY"]).unwrap();
+        let debug = format!("{config:?}");
+        let key_body = key.lines().nth(1).unwrap();
+        assert!(!debug.contains(key_body));
+        assert!(debug.contains("<redacted>"));
+    }
 }

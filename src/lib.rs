@@ -18,3 +18,9 @@ pub mod tls;
 
 /// The user agent sent on every gRPC channel.
 pub const USER_AGENT: &str = concat!("agones-openmatch-director/", env!("CARGO_PKG_VERSION"));
+
+/// Test certificates, shared with the end-to-end tests.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/support/certs.rs"]
+mod test_certs;

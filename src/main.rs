@@ -16,7 +16,12 @@ and assigns it to the match's tickets. Configured by environment variables (see 
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => run(),
         ["--help" | "-h"] => {
             println!("{USAGE}");

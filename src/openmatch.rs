@@ -107,7 +107,12 @@ impl OpenMatchClient {
                         error: Some(error.into()),
                     }
                 }
-                Some(None) => return FetchOutcome { received, error: None },
+                Some(None) => {
+                    return FetchOutcome {
+                        received,
+                        error: None,
+                    }
+                }
                 None => {
                     stream.cancel();
                     return FetchOutcome {

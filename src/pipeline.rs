@@ -141,9 +141,11 @@ pub fn run(
             tally: Arc::clone(&tally),
         };
         let queue = queue_rx.clone();
-        threads.push(spawn(format!("alloc-{index}"), alive_tx.clone(), move || {
-            worker.run(queue)
-        })?);
+        threads.push(spawn(
+            format!("alloc-{index}"),
+            alive_tx.clone(),
+            move || worker.run(queue),
+        )?);
     }
     drop((queue_tx, queue_rx, alive_tx));
 
@@ -303,13 +305,14 @@ struct Worker {
 impl Worker {
     fn run(self, queue: Receiver<MatchJob>) {
         for job in queue.iter() {
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
-                log::error!(
-                    "Bug: a worker panicked while handling match {}; releasing its tickets",
-                    job.match_id
-                );
-                self.release(&job, self.settings.assign.budget)
-            });
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
+                    log::error!(
+                        "Bug: a worker panicked while handling match {}; releasing its tickets",
+                        job.match_id
+                    );
+                    self.release(&job, self.settings.assign.budget)
+                });
             self.tally.record(outcome);
         }
     }
@@ -336,7 +339,10 @@ impl Worker {
         let response = retry(
             self.settings.allocate,
             &self.shutdown,
-            |timeout| self.allocator.allocate(&request, self.shutdown.cap(timeout)),
+            |timeout| {
+                self.allocator
+                    .allocate(&request, self.shutdown.cap(timeout))
+            },
             |error, pause| {
                 log::warn!(
                     "Allocate for match {} (region {}) failed: {error}; retrying in {}ms",
@@ -376,7 +382,10 @@ impl Worker {
         let result = retry(
             self.settings.assign,
             &self.shutdown,
-            |timeout| self.openmatch.assign(&job.ticket_ids, &server.connection, timeout),
+            |timeout| {
+                self.openmatch
+                    .assign(&job.ticket_ids, &server.connection, timeout)
+            },
             |error, pause| {
                 log::warn!(
                     "AssignTickets for match {} failed: {error}; retrying in {}ms",
@@ -408,7 +417,9 @@ impl Worker {
                 Outcome::Assigned
             }
             Err(error) => {
-                self.tally.orphaned_game_servers.fetch_add(1, Ordering::Relaxed);
+                self.tally
+                    .orphaned_game_servers
+                    .fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "AssignTickets for match {} failed: {error}; game server {} ({}) is orphaned: allocated, no players will come; tickets {:?}",
                     job.match_id,

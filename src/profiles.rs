@@ -73,7 +73,12 @@ mod tests {
         let names: Vec<_> = profiles.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["latency-eu-0-24", "latency-eu-25-49", "latency-us-0-24", "latency-us-25-49"]
+            [
+                "latency-eu-0-24",
+                "latency-eu-25-49",
+                "latency-us-0-24",
+                "latency-us-25-49"
+            ]
         );
         let regions: Vec<_> = profiles.iter().map(|p| p.region.as_str()).collect();
         assert_eq!(regions, ["eu", "eu", "us", "us"]);

@@ -144,7 +144,11 @@ mod tests {
             &Shutdown::new(Duration::from_secs(1)),
             |_| {
                 calls.set(calls.get() + 1);
-                if calls.get() < 3 { Err(unavailable()) } else { Ok(calls.get()) }
+                if calls.get() < 3 {
+                    Err(unavailable())
+                } else {
+                    Ok(calls.get())
+                }
             },
             |_, _| {},
         );

@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn names_standard_and_agones_codes() {
-        assert_eq!(code_name(RpcStatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            code_name(RpcStatusCode::RESOURCE_EXHAUSTED),
+            "RESOURCE_EXHAUSTED"
+        );
         assert_eq!(
             code_name(RpcStatusCode::from(AGONES_VALIDATION_ERROR)),
             "422 (Agones validation error)"

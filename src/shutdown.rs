@@ -66,7 +66,9 @@ impl Shutdown {
         let shutdown = Arc::clone(self);
         ctrlc::set_handler(move || {
             if shutdown.request() {
-                log::info!("Shutdown requested: no new fetches; draining queued and in-flight matches");
+                log::info!(
+                    "Shutdown requested: no new fetches; draining queued and in-flight matches"
+                );
             }
         })
     }

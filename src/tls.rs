@@ -114,9 +114,8 @@ pub fn load_identity(
         Ok((pem, certs))
     });
     let key = read_pem_file(key_path).and_then(|pem| {
-        let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-            format!("{} holds no PEM private key: {e}", key_path.display())
-        })?;
+        let der = PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| format!("{} holds no PEM private key: {e}", key_path.display()))?;
         Ok((pem, der))
     });
     let ((chain_pem, certs), (key_pem, key_der)) = match (chain, key) {
@@ -165,17 +164,22 @@ pub fn channel_credentials(material: &TlsMaterial) -> ChannelCredentials {
     let builder = ChannelCredentialsBuilder::new().root_cert(material.ca.pem.clone());
     match &material.identity {
         Some(identity) => builder
-            .cert(identity.cert_chain.pem.clone(), identity.key.expose().to_vec())
+            .cert(
+                identity.cert_chain.pem.clone(),
+                identity.key.expose().to_vec(),
+            )
             .build(),
         None => builder.build(),
     }
 }
 
 fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.contains(&0) {
-        return Err(format!("{} contains a NUL byte: not a PEM file", path.display()));
+        return Err(format!(
+            "{} contains a NUL byte: not a PEM file",
+            path.display()
+        ));
     }
     Ok(bytes)
 }

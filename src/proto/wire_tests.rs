@@ -65,12 +65,11 @@ fn pool_filter_fields() {
     let mut pool = Pool::new();
     pool.set_name("p".into());
     pool.mut_tag_present_filters().push(TagPresentFilter::new());
-    pool.mut_string_equals_filters().push(StringEqualsFilter::new());
-    pool.mut_double_range_filters().push(DoubleRangeFilter::new());
-    assert_eq!(
-        bytes(&pool),
-        [0x0A, 1, b'p', 0x12, 0, 0x22, 0, 0x2A, 0]
-    );
+    pool.mut_string_equals_filters()
+        .push(StringEqualsFilter::new());
+    pool.mut_double_range_filters()
+        .push(DoubleRangeFilter::new());
+    assert_eq!(bytes(&pool), [0x0A, 1, b'p', 0x12, 0, 0x22, 0, 0x2A, 0]);
     let mut profile = MatchProfile::new();
     profile.mut_pools().push(Pool::new());
     assert_eq!(bytes(&profile), [0x1A, 0]);
