@@ -1,0 +1,232 @@
+//! End-to-end tests: the real `director` binary against in-process gRPC doubles of the Open Match
+//! backend and the Agones allocator (mTLS with certificates generated here).
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use agones_openmatch_director::allocator::{MATCH_ID_ANNOTATION, PROFILE_LABEL};
+use agones_openmatch_director::proto::backend::FunctionConfig_Type;
+use grpcio::RpcStatusCode;
+use support::agones::{AgonesPki, FakeAllocator};
+use support::certs::{TestCa, Usage};
+use support::director::{wait_until, Director, DirectorEnv};
+use support::openmatch::{FakeOpenMatch, TicketStatus};
+
+const REGIONS: [&str; 2] = ["us-east-1", "us-east-2"];
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The doubles and the Director's environment, wired together.
+struct World {
+    om: FakeOpenMatch,
+    allocator: FakeAllocator,
+    env: DirectorEnv,
+}
+
+impl World {
+    fn new() -> World {
+        let pki = AgonesPki::new();
+        let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
+        let om = FakeOpenMatch::start();
+        let env = DirectorEnv::new(om.port, allocator.port, &pki);
+        World { om, allocator, env }
+    }
+
+    /// Adds `count` players close to `region` (latency 10: the 0-49 band).
+    fn players(&self, region: &str, count: usize) -> Vec<String> {
+        self.om.add_players(&REGIONS, region, 10.0, count)
+    }
+
+    fn wait_assigned(&self, count: usize) {
+        wait_until(WAIT, &format!("{count} assigned tickets"), || {
+            self.om.state().assigned() >= count
+        });
+    }
+}
+
+/// Counts from the Director's final accounting line: (received, assigned, released, abandoned).
+fn final_accounting(director: &Director) -> (u64, u64, u64, u64) {
+    let lines = director.lines_with("Director stopped:");
+    assert_eq!(lines.len(), 1, "one accounting line expected");
+    let numbers: Vec<u64> = lines[0]
+        .split_once("Director stopped:")
+        .unwrap()
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let totals = (numbers[0], numbers[1], numbers[2], numbers[3]);
+    assert_eq!(
+        totals.0,
+        totals.1 + totals.2 + totals.3,
+        "accounting adds up: {}",
+        lines[0]
+    );
+    totals
+}
+
+fn stop(mut director: Director) -> Director {
+    director.terminate();
+    let status = director.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "exit code after SIGTERM");
+    director
+}
+
+#[test]
+fn assigns_every_ticket_once_in_its_region_then_drains_on_sigterm() {
+    let world = World::new();
+    let east1 = world.players("us-east-1", 8);
+    let east2 = world.players("us-east-2", 8);
+    let director = world.env.start();
+    world.wait_assigned(16);
+
+    let om = world.om.state();
+    let agones = world.allocator.state();
+    for (region, tickets) in [("us-east-1", &east1), ("us-east-2", &east2)] {
+        for id in tickets.iter() {
+            let (match_id, _) = om
+                .matches
+                .iter()
+                .find(|(_, m)| m.ticket_ids.contains(id))
+                .expect("ticket was matched");
+            let server = agones
+                .connection_of(match_id)
+                .expect("server allocated for match");
+            assert_eq!(
+                server.region, region,
+                "match {match_id} allocated in its profile's region"
+            );
+            assert_eq!(
+                om.ticket(id).status,
+                TicketStatus::Assigned {
+                    connection: server.connection.clone(),
+                    times: 1
+                }
+            );
+        }
+    }
+    assert_eq!(om.matches.len(), 4);
+    assert_eq!(agones.requests.len(), 4, "one allocation per match");
+    for request in &agones.requests {
+        assert_eq!(request.get_namespace(), "game-servers");
+        assert!(request.get_multiClusterSetting().get_enabled());
+        let selectors = request.get_gameServerSelectors();
+        assert_eq!(selectors.len(), 1);
+        let region = &selectors[0].get_matchLabels()["region"];
+        let match_id = &request.get_metadata().get_annotations()[MATCH_ID_ANNOTATION];
+        let profile = &om.matches[match_id].profile;
+        assert_eq!(profile, &format!("latency-{region}-0-49"));
+        assert_eq!(&request.get_metadata().get_labels()[PROFILE_LABEL], profile);
+    }
+    let profiles: HashSet<&str> = om
+        .fetches
+        .iter()
+        .map(|f| f.get_profile().get_name())
+        .collect();
+    assert_eq!(
+        profiles,
+        HashSet::from([
+            "latency-us-east-1-0-49",
+            "latency-us-east-1-50-99",
+            "latency-us-east-2-0-49",
+            "latency-us-east-2-50-99"
+        ])
+    );
+    for fetch in &om.fetches {
+        let config = fetch.get_config();
+        assert_eq!((config.get_host(), config.get_port()), ("mmf.test", 50502));
+        assert_eq!(config.get_field_type(), FunctionConfig_Type::GRPC);
+        let pool = &fetch.get_profile().get_pools()[0];
+        let range = &pool.get_double_range_filters()[0];
+        let name = fetch.get_profile().get_name();
+        assert!(name.starts_with(&format!("{}-", range.get_double_arg())));
+        assert!(name.ends_with(&format!("-{}-{}", range.get_min(), range.get_max())));
+        assert_eq!(pool.get_tag_present_filters()[0].get_tag(), "mode.session");
+    }
+    assert!(om.releases.is_empty());
+    drop((om, agones));
+
+    assert_eq!(director.lines_with("Assigned server 127.0.0.1:").len(), 4);
+    let director = stop(director);
+    assert_eq!(final_accounting(&director), (4, 4, 0, 0));
+    assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
+}
+
+#[test]
+fn failed_allocation_releases_tickets_and_the_director_keeps_running() {
+    let world = World::new();
+    world
+        .allocator
+        .state()
+        .failing_regions
+        .insert("us-east-2".into(), RpcStatusCode::INVALID_ARGUMENT);
+    let east1 = world.players("us-east-1", 4);
+    let east2 = world.players("us-east-2", 4);
+    let mut director = world.env.start();
+    world.wait_assigned(4);
+    wait_until(WAIT, "the us-east-2 tickets to be released", || {
+        let released = world.om.state().released_ids();
+        east2.iter().all(|id| released.contains(id))
+    });
+    assert!(director.is_running());
+    assert!(east1.iter().all(|id| matches!(
+        world.om.state().ticket(id).status,
+        TicketStatus::Assigned { .. }
+    )));
+
+    world.allocator.state().failing_regions.clear();
+    world.wait_assigned(8);
+    let director = stop(director);
+    let (received, assigned, released, abandoned) = final_accounting(&director);
+    assert_eq!(assigned, 2);
+    assert!(released >= 1 && received == assigned + released);
+    assert_eq!(abandoned, 0);
+}
+
+#[test]
+fn client_certificate_the_allocator_does_not_trust_releases_tickets_without_crashing() {
+    let mut world = World::new();
+    let stranger = TestCa::new("not the allocator's client CA").issue(&["director"], Usage::Client);
+    world.env.dir.write("tls.crt", stranger.cert_pem);
+    world.env.dir.write("tls.key", stranger.key_pem);
+    world.env.set("ALLOCATE_RETRY_BUDGET", "1s");
+    let tickets = world.players("us-east-1", 4);
+    let mut director = world.env.start();
+    wait_until(WAIT, "the tickets to be released", || {
+        let released = world.om.state().released_ids();
+        tickets.iter().all(|id| released.contains(id))
+    });
+    assert!(director.is_running());
+    assert!(
+        world.allocator.state().requests.is_empty(),
+        "no request got past the handshake"
+    );
+    assert_eq!(world.om.state().assigned(), 0);
+    assert!(!director.lines_with("UNAVAILABLE").is_empty());
+    stop(director);
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_every_variable_before_any_call() {
+    let mut world = World::new();
+    world.env.set("INTERVAL", "soon");
+    world.env.set("REGIONS", "");
+    world.env.set("AGONES_CLIENT_KEY", "/nonexistent/tls.key");
+    world.env.set("RANGES", "0-50,40-99");
+    let mut director = world.env.start();
+    let status = director.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2));
+    let log = director.log().join("\n");
+    for expected in [
+        "AGONES_CLIENT_KEY: cannot read /nonexistent/tls.key",
+        "REGIONS: is empty",
+        "RANGES: bands 0-50 and 40-99 overlap",
+        "INTERVAL: is not a duration",
+    ] {
+        assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
+    }
+    assert!(world.om.state().fetches.is_empty());
+    assert!(world.allocator.state().requests.is_empty());
+}

@@ -1,0 +1,251 @@
+//! An in-process Agones allocator double that requires a client certificate (mTLS), hands out
+//! game servers per region, follows a script of faults, and records every request.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION;
+use agones_openmatch_director::proto::allocation::{
+    AllocationRequest, AllocationResponse, AllocationResponse_GameServerStatusPort,
+};
+use agones_openmatch_director::proto::allocation_grpc::{
+    create_allocation_service, AllocationService,
+};
+use grpcio::{
+    CertificateRequestType, Environment, RpcContext, RpcStatus, RpcStatusCode, Server,
+    ServerBuilder, ServerCredentialsBuilder, UnarySink,
+};
+
+use super::certs::{Issued, TestCa, Usage};
+use super::openmatch::reply;
+
+/// How the double answers one Allocate call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Allocate a game server in the selected region.
+    Allocate,
+    /// Fail with this status code.
+    Fail(RpcStatusCode),
+    /// Answer (with an allocation) only after this long.
+    Hang(Duration),
+    /// Allocate, but answer without ports.
+    NoPorts,
+}
+
+/// A game server the double allocated.
+#[derive(Clone, Debug)]
+pub struct Allocated {
+    pub name: String,
+    pub region: String,
+    pub connection: String,
+    pub match_id: String,
+}
+
+/// Everything the double knows and saw.
+#[derive(Default, Debug)]
+pub struct AgonesState {
+    /// Every Allocate request received, in order.
+    pub requests: Vec<AllocationRequest>,
+    /// Every game server allocated.
+    pub allocated: Vec<Allocated>,
+    /// Replies for the next calls, in order; once empty, calls succeed.
+    pub script: VecDeque<Reply>,
+    /// Regions whose every call fails with the given code.
+    pub failing_regions: HashMap<String, RpcStatusCode>,
+}
+
+impl AgonesState {
+    /// The last game server allocated for a match.
+    pub fn connection_of(&self, match_id: &str) -> Option<&Allocated> {
+        self.allocated.iter().rev().find(|a| a.match_id == match_id)
+    }
+}
+
+/// Server-side TLS material of the double.
+pub struct AllocatorTls {
+    /// PEM of the CA(s) whose client certificates are accepted.
+    pub client_ca_pem: String,
+    /// The server's certificate and key.
+    pub server: Issued,
+}
+
+/// A CA that signs the allocator's server certificate and a client CA that signs the Director's.
+pub struct AgonesPki {
+    pub server_ca: TestCa,
+    pub client_ca: TestCa,
+}
+
+impl AgonesPki {
+    pub fn new() -> AgonesPki {
+        AgonesPki {
+            server_ca: TestCa::new("allocator-tls-ca"),
+            client_ca: TestCa::new("allocator-client-ca"),
+        }
+    }
+
+    /// Server material for `names`, trusting client certificates of our client CA.
+    pub fn server_tls(&self, names: &[&str]) -> AllocatorTls {
+        AllocatorTls {
+            client_ca_pem: self.client_ca.pem(),
+            server: self.server_ca.issue(names, Usage::Server),
+        }
+    }
+
+    /// A client certificate the allocator trusts.
+    pub fn client(&self) -> Issued {
+        self.client_ca.issue(&["director"], Usage::Client)
+    }
+}
+
+/// The running double.
+pub struct FakeAllocator {
+    state: Arc<Mutex<AgonesState>>,
+    tls: AllocatorTls,
+    server: Option<Server>,
+    pub port: u16,
+}
+
+impl FakeAllocator {
+    /// Starts on a free loopback port.
+    pub fn start(tls: AllocatorTls) -> FakeAllocator {
+        FakeAllocator::start_on(tls, 0)
+    }
+
+    /// Starts on `port` (0: any free port).
+    pub fn start_on(tls: AllocatorTls, port: u16) -> FakeAllocator {
+        let state = Arc::new(Mutex::new(AgonesState::default()));
+        let (server, port) = serve(&state, &tls, port);
+        FakeAllocator {
+            state,
+            tls,
+            server: Some(server),
+            port,
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, AgonesState> {
+        self.state.lock().unwrap()
+    }
+
+    /// Stops serving; the state is kept.
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = futures_executor::block_on(server.shutdown());
+        }
+    }
+
+    /// Serves again on the same port, with the same state.
+    pub fn restart(&mut self) {
+        let (server, port) = serve(&self.state, &self.tls, self.port);
+        assert_eq!(port, self.port);
+        self.server = Some(server);
+    }
+}
+
+impl Drop for FakeAllocator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(state: &Arc<Mutex<AgonesState>>, tls: &AllocatorTls, port: u16) -> (Server, u16) {
+    let env = Arc::new(Environment::new(1));
+    let service = create_allocation_service(Allocator {
+        state: Arc::clone(state),
+    });
+    let credentials = ServerCredentialsBuilder::new()
+        .root_cert(
+            tls.client_ca_pem.clone(),
+            CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
+        )
+        .add_cert(
+            tls.server.cert_pem.clone().into_bytes(),
+            tls.server.key_pem.clone().into_bytes(),
+        )
+        .build();
+    let mut server = ServerBuilder::new(env)
+        .register_service(service)
+        .build()
+        .expect("build allocator double");
+    let port = server
+        .add_listening_port(format!("127.0.0.1:{port}"), credentials)
+        .expect("bind allocator double");
+    server.start();
+    (server, port)
+}
+
+#[derive(Clone)]
+struct Allocator {
+    state: Arc<Mutex<AgonesState>>,
+}
+
+impl Allocator {
+    /// Decides the reply and, for an allocation, allocates a game server.
+    fn decide(&self, request: AllocationRequest) -> (Reply, Result<AllocationResponse, RpcStatus>) {
+        let mut state = self.state.lock().unwrap();
+        state.requests.push(request.clone());
+        let region = request
+            .get_gameServerSelectors()
+            .first()
+            .and_then(|s| s.get_matchLabels().values().next().cloned())
+            .unwrap_or_default();
+        let reply = match state.failing_regions.get(&region) {
+            Some(code) => Reply::Fail(*code),
+            None => state.script.pop_front().unwrap_or(Reply::Allocate),
+        };
+        if let Reply::Fail(code) = reply {
+            return (reply, Err(RpcStatus::with_message(code, "injected".into())));
+        }
+        let number = state.allocated.len() + 1;
+        let name = format!("gs-{region}-{number}");
+        let connection = format!("127.0.0.1:{}", 7000 + number);
+        let match_id = request
+            .get_metadata()
+            .get_annotations()
+            .get(MATCH_ID_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        let mut response = AllocationResponse::new();
+        response.set_gameServerName(name.clone());
+        response.set_address("127.0.0.1".into());
+        response.set_nodeName("node-1".into());
+        response.set_source("local".into());
+        if reply != Reply::NoPorts {
+            let mut port = AllocationResponse_GameServerStatusPort::new();
+            port.set_name("default".into());
+            port.set_port(7000 + number as i32);
+            response.mut_ports().push(port);
+        }
+        state.allocated.push(Allocated {
+            name,
+            region,
+            connection,
+            match_id,
+        });
+        (reply, Ok(response))
+    }
+}
+
+impl AllocationService for Allocator {
+    fn allocate(
+        &mut self,
+        ctx: RpcContext,
+        request: AllocationRequest,
+        sink: UnarySink<AllocationResponse>,
+    ) {
+        match self.decide(request) {
+            (Reply::Hang(delay), result) => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let send = match result {
+                        Ok(response) => sink.success(response),
+                        Err(status) => sink.fail(status),
+                    };
+                    let _ = futures_executor::block_on(send);
+                });
+            }
+            (_, result) => reply(ctx, sink, result),
+        }
+    }
+}

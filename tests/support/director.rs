@@ -1,0 +1,169 @@
+//! Runs the real `director` binary as a subprocess and watches its log.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::agones::AgonesPki;
+use super::certs::TempDir;
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let give_up = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < give_up,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Files and variables for a Director that talks to the doubles.
+pub struct DirectorEnv {
+    pub vars: HashMap<String, String>,
+    pub dir: TempDir,
+}
+
+impl DirectorEnv {
+    /// Variables pointing at the doubles, with a trusted client certificate and short timings.
+    pub fn new(om_port: u16, allocator_port: u16, pki: &AgonesPki) -> DirectorEnv {
+        let dir = TempDir::new("director");
+        let client = pki.client();
+        let ca = dir.write("ca.crt", pki.server_ca.pem());
+        let cert = dir.write("tls.crt", client.cert_pem);
+        let key = dir.write("tls.key", client.key_pem);
+        let mut vars = HashMap::new();
+        let mut set = |k: &str, v: String| {
+            vars.insert(k.to_string(), v);
+        };
+        set("OPENMATCH_BACKEND_ADDR", "127.0.0.1".into());
+        set("OPENMATCH_BACKEND_PORT", om_port.to_string());
+        set("OPENMATCH_MATCH_FUNCTION_ADDR", "mmf.test".into());
+        set("OPENMATCH_MATCH_FUNCTION_PORT", "50502".into());
+        set("AGONES_ALLOCATOR_ADDR", "127.0.0.1".into());
+        set("AGONES_ALLOCATOR_PORT", allocator_port.to_string());
+        set("AGONES_CA_CERT", path(&ca));
+        set("AGONES_CLIENT_CERT", path(&cert));
+        set("AGONES_CLIENT_KEY", path(&key));
+        set("AGONES_NAMESPACE", "game-servers".into());
+        set("AGONES_MULTICLUSTER", "true".into());
+        set("REGIONS", "us-east-1,us-east-2".into());
+        set("RANGES", "0-49,50-99".into());
+        set("INTERVAL", "100ms".into());
+        set("FETCH_TIMEOUT", "5s".into());
+        set("ALLOCATE_TIMEOUT", "2s".into());
+        set("ASSIGN_TIMEOUT", "2s".into());
+        set("ALLOCATE_RETRY_BUDGET", "3s".into());
+        set("ASSIGN_RETRY_BUDGET", "3s".into());
+        set("SHUTDOWN_TIMEOUT", "5s".into());
+        set("ALLOCATOR_THREADS", "4".into());
+        set("RUST_LOG", "info".into());
+        DirectorEnv { vars, dir }
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.vars.insert(key.to_string(), value.into());
+    }
+
+    pub fn start(&self) -> Director {
+        Director::start(&self.vars)
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A running `director` process.
+pub struct Director {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Director {
+    /// Starts the binary with exactly `vars` (plus PATH) in its environment.
+    pub fn start(vars: &HashMap<String, String>) -> Director {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_director"))
+            .env_clear()
+            .envs(vars)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start director");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  director| {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Director {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The log lines containing `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        wait_until(timeout, &format!("a log line with {needle:?}"), || {
+            !self.lines_with(needle).is_empty()
+        });
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and its log to be read completely.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until(timeout, "the director to exit", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("log reader");
+        }
+        status.expect("exited")
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
