@@ -12,6 +12,7 @@ use crate::proto::allocation::{
 };
 use crate::proto::allocation_grpc::AllocationServiceClient;
 use crate::rpc::RpcError;
+use crate::shutdown::Shutdown;
 use crate::tls;
 
 /// Annotation on every allocated GameServer naming the match it was allocated for.
@@ -60,15 +61,26 @@ impl AllocatorClient {
         }
     }
 
-    /// One Allocate call with a deadline.
+    /// One Allocate call with a deadline; a forced shutdown cancels it (CANCELLED).
     pub fn allocate(
         &self,
         request: &AllocationRequest,
         timeout: Duration,
+        shutdown: &Shutdown,
     ) -> Result<AllocationResponse, RpcError> {
-        Ok(self
+        let mut call = self
             .client
-            .allocate_opt(request, CallOption::default().timeout(timeout))?)
+            .allocate_async_opt(request, CallOption::default().timeout(timeout))?;
+        match shutdown.block_on_unless_forced(&mut call) {
+            Some(result) => Ok(result?),
+            None => {
+                call.cancel();
+                Err(RpcError::new(
+                    RpcStatusCode::CANCELLED,
+                    "cancelled by shutdown; a game server may still have been allocated",
+                ))
+            }
+        }
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -95,36 +94,29 @@ impl OpenMatchClient {
             }
         };
         let mut received = 0;
+        let mut error: Option<RpcError> = None;
         loop {
-            match next_unless_forced(&mut stream, shutdown) {
+            let next = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx));
+            match shutdown.block_on_unless_forced(next) {
                 Some(Some(Ok(mut response))) => {
                     received += 1;
                     on_match(response.take_field_match());
                 }
-                Some(Some(Err(error))) => {
-                    return FetchOutcome {
-                        received,
-                        error: Some(error.into()),
-                    }
-                }
-                Some(None) => {
-                    return FetchOutcome {
-                        received,
-                        error: None,
-                    }
-                }
+                // grpcio reports a failed call's status before the messages that arrived ahead
+                // of it; keep reading after the first error so that those matches are not lost.
+                Some(Some(Err(failure))) if error.is_none() => error = Some(failure.into()),
+                Some(Some(Err(_))) | Some(None) => break,
                 None => {
                     stream.cancel();
-                    return FetchOutcome {
-                        received,
-                        error: Some(RpcError::new(
-                            RpcStatusCode::CANCELLED,
-                            "cancelled by shutdown",
-                        )),
-                    };
+                    error.get_or_insert(RpcError::new(
+                        RpcStatusCode::CANCELLED,
+                        "cancelled by shutdown",
+                    ));
+                    break;
                 }
             }
         }
+        FetchOutcome { received, error }
     }
 
     /// Assigns `connection` to all `ticket_ids` in one AssignmentGroup; returns per-ticket failures.
@@ -170,19 +162,6 @@ pub fn assign_request(ticket_ids: &[String], connection: &str) -> AssignTicketsR
     let mut request = AssignTicketsRequest::new();
     request.mut_assignments().push(group);
     request
-}
-
-/// The stream's next item (`Some(None)` at its end), or `None` once shutdown is forced.
-fn next_unless_forced<S: Stream + Unpin>(
-    stream: &mut S,
-    shutdown: &Shutdown,
-) -> Option<Option<S::Item>> {
-    futures_executor::block_on(std::future::poll_fn(|cx| {
-        if shutdown.poll_forced(cx) {
-            return Poll::Ready(None);
-        }
-        Pin::new(&mut *stream).poll_next(cx).map(Some)
-    }))
 }
 
 #[cfg(test)]

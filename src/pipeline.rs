@@ -11,15 +11,16 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
-use grpcio::EnvBuilder;
+use grpcio::{EnvBuilder, RpcStatusCode};
 
 use crate::allocator::{self, AllocatorClient, GameServer};
 use crate::config::Config;
-use crate::openmatch::{self, OpenMatchClient};
+use crate::openmatch::{self, FetchOutcome, OpenMatchClient};
 use crate::profiles::Profile;
 use crate::proto::backend::AssignmentFailure_Cause;
 use crate::proto::messages::Match;
 use crate::retry::{fetch_backoff, retry, RetryPolicy};
+use crate::rpc::RpcError;
 use crate::shutdown::Shutdown;
 
 /// A match waiting for a game server, with the profile (and so the region) that produced it.
@@ -190,12 +191,21 @@ impl Fetcher {
     fn run(self) {
         let mut failures = 0;
         while !self.shutdown.is_requested() {
-            let outcome = self.openmatch.fetch_matches(
-                &self.profile.match_profile,
-                self.fetch_timeout,
-                &self.shutdown,
-                |m| self.enqueue(m),
-            );
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                self.openmatch.fetch_matches(
+                    &self.profile.match_profile,
+                    self.fetch_timeout,
+                    &self.shutdown,
+                    |m| self.enqueue(m),
+                )
+            }))
+            .unwrap_or_else(|_| FetchOutcome {
+                received: 0,
+                error: Some(RpcError::new(
+                    RpcStatusCode::INTERNAL,
+                    "bug: the fetcher panicked; matches already queued are still handled",
+                )),
+            });
             let pause = match outcome.error {
                 None => {
                     failures = 0;
@@ -339,10 +349,7 @@ impl Worker {
         let response = retry(
             self.settings.allocate,
             &self.shutdown,
-            |timeout| {
-                self.allocator
-                    .allocate(&request, self.shutdown.cap(timeout))
-            },
+            |timeout| self.allocator.allocate(&request, timeout, &self.shutdown),
             |error, pause| {
                 log::warn!(
                     "Allocate for match {} (region {}) failed: {error}; retrying in {}ms",

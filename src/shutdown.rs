@@ -4,9 +4,11 @@
 //! still get allocated. *Forced* (SHUTDOWN_TIMEOUT later): in-progress streams are cancelled, retry
 //! sleeps end, and every match still queued is released instead of allocated.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -84,16 +86,6 @@ impl Shutdown {
         self.deadline.get().copied()
     }
 
-    /// `timeout`, shortened so that a call started now ends by the shutdown deadline (if any).
-    pub fn cap(&self, timeout: Duration) -> Duration {
-        match self.deadline() {
-            Some(deadline) => timeout
-                .min(deadline.saturating_duration_since(Instant::now()))
-                .max(Duration::from_millis(1)),
-            None => timeout,
-        }
-    }
-
     /// Ends all waiting: streams are cancelled and queued matches are released.
     pub fn force(&self) {
         self.request();
@@ -136,9 +128,23 @@ impl Shutdown {
         )
     }
 
-    /// For a future polling a stream: arranges a wake-up when shutdown is forced, and tells whether
-    /// it already is. Register first, then check, so that no force can slip in between.
-    pub fn poll_forced(&self, cx: &Context<'_>) -> bool {
+    /// Drives `future` on this thread until it completes (`Some(output)`), or until shutdown is
+    /// forced while it is not ready (`None`). Output that is ready is returned even after the
+    /// force, so that matches already received are not dropped.
+    pub fn block_on_unless_forced<F: Future + Unpin>(&self, mut future: F) -> Option<F::Output> {
+        futures_executor::block_on(std::future::poll_fn(|cx| {
+            let forced = self.poll_forced(cx);
+            match Pin::new(&mut future).poll(cx) {
+                Poll::Ready(output) => Poll::Ready(Some(output)),
+                Poll::Pending if forced => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        }))
+    }
+
+    /// Arranges a wake-up of `cx` when shutdown is forced, and tells whether it already is.
+    /// Register first, then check, so that no force can slip in between.
+    fn poll_forced(&self, cx: &Context<'_>) -> bool {
         {
             let mut wakers = self
                 .stream_wakers
@@ -165,7 +171,7 @@ mod tests {
         assert!(shutdown.is_requested());
         assert!(shutdown.requested_channel().recv().is_err());
         assert!(!shutdown.is_forced());
-        assert!(shutdown.cap(Duration::from_secs(60)) <= Duration::from_secs(5));
+        assert!(shutdown.deadline().is_some());
     }
 
     #[test]
@@ -178,6 +184,23 @@ mod tests {
         shutdown.force();
         assert!(!sleeper.join().unwrap());
         assert!(shutdown.is_requested());
+    }
+
+    #[test]
+    fn force_abandons_a_pending_future_but_not_a_ready_one() {
+        let shutdown = Shutdown::new(Duration::from_secs(5));
+        let waiter = {
+            let shutdown = Arc::clone(&shutdown);
+            std::thread::spawn(move || {
+                shutdown.block_on_unless_forced(std::future::pending::<()>())
+            })
+        };
+        shutdown.force();
+        assert_eq!(waiter.join().unwrap(), None);
+        assert_eq!(
+            shutdown.block_on_unless_forced(std::future::ready(7)),
+            Some(7)
+        );
     }
 
     #[test]

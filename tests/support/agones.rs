@@ -21,7 +21,7 @@ use super::certs::{Issued, TestCa, Usage};
 use super::openmatch::reply;
 
 /// How the double answers one Allocate call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// Allocate a game server in the selected region.
     Allocate,

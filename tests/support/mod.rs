@@ -5,3 +5,4 @@ pub mod agones;
 pub mod certs;
 pub mod director;
 pub mod openmatch;
+pub mod world;

@@ -43,7 +43,7 @@ pub struct IssuedMatch {
 /// Faults to inject.
 #[derive(Default, Debug)]
 pub struct OmFaults {
-    /// The next FetchMatches that finds matches streams this many, then fails with this code.
+    /// The next FetchMatches that finds a match streams at most this many, then fails with this code.
     pub fetch_fail_after: Option<(usize, RpcStatusCode)>,
     /// Tickets AssignTickets reports as TICKET_NOT_FOUND (and does not assign).
     pub not_found: Vec<String>,
@@ -218,10 +218,8 @@ pub fn fits(pool: &Pool, fields: &SearchFields) -> bool {
 }
 
 impl Backend {
-    fn make_matches(
-        &self,
-        request: &FetchMatchesRequest,
-    ) -> (Vec<Match>, Option<(usize, RpcStatusCode)>) {
+    /// Matches for the request's profile, and the code to fail the stream with after them.
+    fn make_matches(&self, request: &FetchMatchesRequest) -> (Vec<Match>, Option<RpcStatusCode>) {
         let mut state = self.state.lock().unwrap();
         state.fetches.push(request.clone());
         let profile = request.get_profile();
@@ -235,8 +233,14 @@ impl Backend {
             .filter(|(_, t)| t.status == TicketStatus::Available && fits(pool, &t.search_fields))
             .map(|(i, _)| i)
             .collect();
+        let fault = if fitting.len() >= MATCH_SIZE {
+            state.faults.fetch_fail_after.take()
+        } else {
+            None
+        };
+        let limit = fault.map_or(usize::MAX, |(count, _)| count);
         let mut matches = Vec::new();
-        for chunk in fitting.chunks_exact(MATCH_SIZE) {
+        for chunk in fitting.chunks_exact(MATCH_SIZE).take(limit) {
             state.next_match += 1;
             let match_id = format!("profile-{}-time-{}", profile.get_name(), state.next_match);
             let mut m = Match::new();
@@ -263,12 +267,7 @@ impl Backend {
             );
             matches.push(m);
         }
-        let fault = if matches.is_empty() {
-            None
-        } else {
-            state.faults.fetch_fail_after.take()
-        };
-        (matches, fault)
+        (matches, fault.map(|(_, code)| code))
     }
 }
 
@@ -279,10 +278,7 @@ impl BackendService for Backend {
         request: FetchMatchesRequest,
         mut sink: ServerStreamingSink<FetchMatchesResponse>,
     ) {
-        let (mut matches, fault) = self.make_matches(&request);
-        if let Some((count, _)) = fault {
-            matches.truncate(count);
-        }
+        let (matches, fault) = self.make_matches(&request);
         ctx.spawn(async move {
             for m in matches {
                 let mut response = FetchMatchesResponse::new();
@@ -292,7 +288,7 @@ impl BackendService for Backend {
                 }
             }
             let _ = match fault {
-                Some((_, code)) => {
+                Some(code) => {
                     sink.fail(RpcStatus::with_message(
                         code,
                         "error(s) in FetchMatches call. syncErr=[], mmfErr=[injected]".into(),

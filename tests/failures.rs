@@ -1,0 +1,310 @@
+//! Failure handling, end to end: faults injected into the Open Match and Agones doubles while the
+//! real `director` runs. Every test checks the accounting invariant through `final_accounting`.
+
+mod support;
+
+use std::time::Duration;
+
+use agones_openmatch_director::rpc::AGONES_VALIDATION_ERROR;
+use grpcio::RpcStatusCode;
+use support::agones::Reply;
+use support::director::wait_until;
+use support::openmatch::TicketStatus;
+use support::world::{final_accounting, stop, World, WAIT};
+
+#[test]
+fn allocator_unreachable_at_start_then_up_3s_later() {
+    let mut world = World::new();
+    world.allocator.stop();
+    world.env.set("ALLOCATE_RETRY_BUDGET", "15s");
+    let tickets = world.players("us-east-1", 8);
+    let director = world.env.start();
+    director.wait_for_log("UNAVAILABLE", WAIT);
+    // The outage lasts 3 s from the first failed attempt.
+    std::thread::sleep(Duration::from_secs(3));
+    world.allocator.restart();
+    wait_until(WAIT, "all tickets assigned", || {
+        world.all_assigned(&tickets)
+    });
+    assert!(world.om.state().releases.is_empty());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.received, accounting.assigned), (2, 2));
+}
+
+#[test]
+fn resource_exhausted_for_a_while_then_all_assigned_without_release() {
+    let mut world = World::new();
+    world.env.set("ALLOCATE_RETRY_BUDGET", "15s");
+    world
+        .allocator
+        .state()
+        .script
+        .extend([Reply::Fail(RpcStatusCode::RESOURCE_EXHAUSTED); 6]);
+    let tickets = world.players("us-east-2", 8);
+    let director = world.env.start();
+    wait_until(WAIT, "all tickets assigned", || {
+        world.all_assigned(&tickets)
+    });
+    assert!(world.om.state().releases.is_empty());
+    assert_eq!(world.allocator.state().requests.len(), 2 + 6);
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(
+        (
+            accounting.received,
+            accounting.assigned,
+            accounting.released
+        ),
+        (2, 2, 0)
+    );
+}
+
+#[test]
+fn one_region_exhausted_forever_releases_its_tickets_after_the_budget() {
+    let mut world = World::new();
+    world.env.set("ALLOCATE_RETRY_BUDGET", "2s");
+    world
+        .allocator
+        .state()
+        .failing_regions
+        .insert("us-east-2".into(), RpcStatusCode::RESOURCE_EXHAUSTED);
+    let east1 = world.players("us-east-1", 4);
+    let east2 = world.players("us-east-2", 4);
+    let mut director = world.env.start();
+    wait_until(WAIT, "us-east-2 tickets released", || {
+        world.all_released(&east2)
+    });
+    wait_until(WAIT, "us-east-1 tickets assigned", || {
+        world.all_assigned(&east1)
+    });
+    let first_match = {
+        let om = world.om.state();
+        let mut ids: Vec<_> = om
+            .matches
+            .iter()
+            .filter(|(_, m)| m.ticket_ids == east2)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids[0].clone()
+    };
+    assert!(
+        world.allocations_for(&first_match) > 1,
+        "retried within the budget before releasing"
+    );
+    assert!(director.is_running());
+    assert!(!director
+        .lines_with("RESOURCE_EXHAUSTED: injected; releasing its 4 tickets")
+        .is_empty());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.assigned, 1);
+    assert!(accounting.released >= 1);
+}
+
+#[test]
+fn allocator_hanging_past_the_deadline_is_retried() {
+    let mut world = World::new();
+    world.env.set("ALLOCATE_TIMEOUT", "500ms");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "10s");
+    world
+        .allocator
+        .state()
+        .script
+        .push_back(Reply::Hang(Duration::from_secs(3)));
+    let tickets = world.players("us-east-1", 4);
+    let director = world.env.start();
+    wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
+    let match_id = world.match_of(&tickets[0]);
+    assert_eq!(world.allocations_for(&match_id), 2);
+    assert!(!director.lines_with("DEADLINE_EXCEEDED").is_empty());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.assigned, accounting.released), (1, 0));
+}
+
+#[test]
+fn allocator_restarted_mid_run_on_the_same_port() {
+    let mut world = World::new();
+    world.env.set("ALLOCATE_RETRY_BUDGET", "15s");
+    let before = world.players("us-east-1", 4);
+    let mut director = world.env.start();
+    wait_until(WAIT, "first tickets assigned", || {
+        world.all_assigned(&before)
+    });
+    world.allocator.stop();
+    let during = world.players("us-east-2", 4);
+    director.wait_for_log("UNAVAILABLE", WAIT);
+    world.allocator.restart();
+    wait_until(WAIT, "tickets assigned after restart", || {
+        world.all_assigned(&during)
+    });
+    assert!(director.is_running());
+    assert!(world.om.state().releases.is_empty());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.received, accounting.assigned), (2, 2));
+}
+
+#[test]
+fn open_match_restarted_mid_run() {
+    let mut world = World::new();
+    let before = world.players("us-east-1", 4);
+    let mut director = world.env.start();
+    wait_until(WAIT, "first tickets assigned", || {
+        world.all_assigned(&before)
+    });
+    world.om.stop();
+    director.wait_for_log("FetchMatches for profile", WAIT);
+    world.om.restart();
+    let after = world.players("us-east-2", 8);
+    wait_until(WAIT, "tickets assigned after restart", || {
+        world.all_assigned(&after)
+    });
+    assert!(director.is_running());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.received, accounting.assigned), (3, 3));
+}
+
+#[test]
+fn matches_streamed_before_a_fetch_error_are_still_assigned() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.om.state().faults.fetch_fail_after = Some((2, RpcStatusCode::UNKNOWN));
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 8);
+    let director = world.env.start();
+    wait_until(WAIT, "both matches assigned", || {
+        world.all_assigned(&tickets)
+    });
+    let failure = director.lines_with(
+        "FetchMatches for profile latency-us-east-1-0-49 failed after 2 matches: UNKNOWN",
+    );
+    assert_eq!(failure.len(), 1, "the stream error is logged once");
+    assert!(
+        failure[0].contains("next try in"),
+        "backoff is applied: {}",
+        failure[0]
+    );
+    assert_eq!(world.om.state().matches.len(), 2);
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.received, accounting.assigned), (2, 2));
+}
+
+#[test]
+fn ticket_not_found_is_logged_and_the_others_are_assigned() {
+    let world = World::new();
+    let tickets = world.players("us-east-1", 4);
+    world.om.state().faults.not_found.push(tickets[1].clone());
+    let director = world.env.start();
+    let others = [tickets[0].clone(), tickets[2].clone(), tickets[3].clone()];
+    wait_until(WAIT, "the other tickets assigned", || {
+        world.all_assigned(&others)
+    });
+    assert_eq!(
+        world.om.state().ticket(&tickets[1]).status,
+        TicketStatus::Pending
+    );
+    assert_eq!(
+        director
+            .lines_with(&format!("ticket {} of match", tickets[1]))
+            .iter()
+            .filter(|l| l.contains("TICKET_NOT_FOUND"))
+            .count(),
+        1
+    );
+    assert!(!director.lines_with("(3 tickets)").is_empty());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.assigned, accounting.tickets_not_found), (1, 1));
+}
+
+#[test]
+fn validation_errors_are_not_retried_and_release_at_once() {
+    let mut world = World::new();
+    world.env.set("ALLOCATE_RETRY_BUDGET", "15s");
+    world.env.set("ALLOCATOR_THREADS", "1");
+    world.env.set("REGIONS", "us-east-1");
+    world.allocator.state().script.extend([
+        Reply::Fail(RpcStatusCode::from(AGONES_VALIDATION_ERROR)),
+        Reply::Fail(RpcStatusCode::INVALID_ARGUMENT),
+    ]);
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 8);
+    let director = world.env.start();
+    wait_until(WAIT, "all tickets assigned in the end", || {
+        world.all_assigned(&tickets)
+    });
+    assert!(
+        world.all_released(&tickets),
+        "both first matches were released"
+    );
+    let first_requests: Vec<_> = world.allocator.state().requests[..2]
+        .iter()
+        .map(|r| r.get_metadata().get_annotations()[support::world::MATCH_ID].clone())
+        .collect();
+    for match_id in &first_requests {
+        assert_eq!(
+            world.allocations_for(match_id),
+            1,
+            "{match_id} was not retried"
+        );
+    }
+    assert_eq!(
+        director.lines_with("422 (Agones validation error)").len(),
+        1
+    );
+    assert_eq!(
+        director
+            .lines_with("INVALID_ARGUMENT: injected; releasing")
+            .len(),
+        1
+    );
+    assert!(director.lines_with("retrying in").is_empty());
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.released, accounting.assigned), (2, 2));
+}
+
+#[test]
+fn allocation_without_ports_is_released_and_the_server_named() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.allocator.state().script.push_back(Reply::NoPorts);
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
+    let director = world.env.start();
+    wait_until(WAIT, "tickets released", || world.all_released(&tickets));
+    let unusable = director.lines_with("Game server gs-us-east-1-1 allocated for match");
+    assert_eq!(unusable.len(), 1);
+    assert!(
+        unusable[0].contains("is unusable") && unusable[0].contains("no port named \"default\"")
+    );
+    wait_until(WAIT, "tickets assigned on the next match", || {
+        world.all_assigned(&tickets)
+    });
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.released, accounting.assigned), (1, 1));
+}
+
+#[test]
+fn sigterm_with_a_full_queue_and_a_slow_allocator_releases_everything_in_time() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("SHUTDOWN_TIMEOUT", "2s");
+    world.env.set("QUEUE_CAPACITY", "2");
+    world.env.set("ALLOCATOR_THREADS", "1");
+    world.env.set("ALLOCATE_TIMEOUT", "30s");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "60s");
+    world
+        .allocator
+        .state()
+        .script
+        .extend([Reply::Hang(Duration::from_secs(30)); 20]);
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 40);
+    let mut director = world.env.start();
+    wait_until(
+        WAIT,
+        "ten matches handed out and one allocation in flight",
+        || world.om.state().matches.len() == 10 && world.allocator.state().requests.len() == 1,
+    );
+    director.terminate();
+    let status = director.wait_exit(Duration::from_secs(2 + 2));
+    assert_eq!(status.code(), Some(0));
+    let accounting = final_accounting(&director);
+    assert_eq!(accounting.received, 10);
+    assert_eq!(accounting.released, 10);
+    assert!(world.all_released(&tickets));
+    assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
+}

@@ -1,0 +1,132 @@
+//! The doubles and a Director's environment wired together, and helpers shared by the tests.
+
+use std::time::Duration;
+
+use super::agones::{AgonesPki, FakeAllocator};
+use super::director::{wait_until, Director, DirectorEnv};
+use super::openmatch::{FakeOpenMatch, TicketStatus};
+pub use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION as MATCH_ID;
+
+pub const REGIONS: [&str; 2] = ["us-east-1", "us-east-2"];
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The doubles and the Director's environment, wired together.
+pub struct World {
+    pub om: FakeOpenMatch,
+    pub allocator: FakeAllocator,
+    pub env: DirectorEnv,
+}
+
+impl World {
+    pub fn new() -> World {
+        let pki = AgonesPki::new();
+        let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
+        let om = FakeOpenMatch::start();
+        let env = DirectorEnv::new(om.port, allocator.port, &pki);
+        World { om, allocator, env }
+    }
+
+    /// Adds `count` players close to `region` (latency 10: the 0-49 band).
+    pub fn players(&self, region: &str, count: usize) -> Vec<String> {
+        self.om.add_players(&REGIONS, region, 10.0, count)
+    }
+
+    /// Whether every ticket in `ids` is assigned.
+    pub fn all_assigned(&self, ids: &[String]) -> bool {
+        let om = self.om.state();
+        ids.iter()
+            .all(|id| matches!(om.ticket(id).status, TicketStatus::Assigned { .. }))
+    }
+
+    /// Whether every ticket in `ids` was named in some ReleaseTickets call.
+    pub fn all_released(&self, ids: &[String]) -> bool {
+        let released = self.om.state().released_ids();
+        ids.iter().all(|id| released.contains(id))
+    }
+
+    /// The id of the match that holds `ticket` (the last one, if it was matched again).
+    pub fn match_of(&self, ticket: &str) -> String {
+        let om = self.om.state();
+        let mut ids: Vec<&String> = om
+            .matches
+            .iter()
+            .filter(|(_, m)| m.ticket_ids.iter().any(|t| t == ticket))
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_by_key(|id| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()));
+        ids.last().expect("ticket was matched").to_string()
+    }
+
+    /// How many Allocate requests named `match_id`.
+    pub fn allocations_for(&self, match_id: &str) -> usize {
+        self.allocator
+            .state()
+            .requests
+            .iter()
+            .filter(|r| {
+                r.get_metadata()
+                    .get_annotations()
+                    .get(MATCH_ID)
+                    .map(String::as_str)
+                    == Some(match_id)
+            })
+            .count()
+    }
+
+    pub fn wait_assigned(&self, count: usize) {
+        wait_until(WAIT, &format!("{count} assigned tickets"), || {
+            self.om.state().assigned() >= count
+        });
+    }
+}
+
+/// The counts of the Director's final accounting line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Accounting {
+    pub received: u64,
+    pub assigned: u64,
+    pub released: u64,
+    pub abandoned: u64,
+    pub skipped_empty: u64,
+    pub tickets_not_found: u64,
+    pub orphaned: u64,
+}
+
+/// Reads the final accounting line and checks that assigned + released + abandoned = received.
+pub fn final_accounting(director: &Director) -> Accounting {
+    let lines = director.lines_with("Director stopped:");
+    assert_eq!(lines.len(), 1, "one accounting line expected");
+    let n: Vec<u64> = lines[0]
+        .split_once("Director stopped:")
+        .unwrap()
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(n.len(), 7, "{}", lines[0]);
+    let accounting = Accounting {
+        received: n[0],
+        assigned: n[1],
+        released: n[2],
+        abandoned: n[3],
+        skipped_empty: n[4],
+        tickets_not_found: n[5],
+        orphaned: n[6],
+    };
+    assert_eq!(
+        accounting.received,
+        accounting.assigned + accounting.released + accounting.abandoned,
+        "accounting adds up: {}",
+        lines[0]
+    );
+    accounting
+}
+
+/// Sends SIGTERM and expects exit code 0 within 15 s.
+pub fn stop(mut director: Director) -> Director {
+    director.terminate();
+    let status = director.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "exit code after SIGTERM");
+    director
+}
