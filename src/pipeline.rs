@@ -190,13 +190,14 @@ struct Fetcher {
 impl Fetcher {
     fn run(self) {
         let mut failures = 0;
+        let mut held = Vec::new();
         while !self.shutdown.is_requested() {
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 self.openmatch.fetch_matches(
                     &self.profile.match_profile,
                     self.fetch_timeout,
                     &self.shutdown,
-                    |m| self.enqueue(m),
+                    |m| self.enqueue(m, &mut held),
                 )
             }))
             .unwrap_or_else(|_| FetchOutcome {
@@ -206,6 +207,7 @@ impl Fetcher {
                     "bug: the fetcher panicked; matches already queued are still handled",
                 )),
             });
+            held.drain(..).for_each(|job| self.send(job));
             let pause = match outcome.error {
                 None => {
                     failures = 0;
@@ -237,7 +239,10 @@ impl Fetcher {
         }
     }
 
-    fn enqueue(&self, m: Match) {
+    /// Queues a match as it comes off the stream. A full queue blocks (backpressure) until
+    /// shutdown is requested; from then on matches are held here instead, so that the rest of
+    /// the stream is read at once and every pending match is known (and later released).
+    fn enqueue(&self, m: Match, held: &mut Vec<MatchJob>) {
         let ticket_ids = distinct_ticket_ids(&m);
         if ticket_ids.is_empty() {
             log::warn!(
@@ -255,14 +260,34 @@ impl Fetcher {
             ticket_ids,
             received_at: Instant::now(),
         };
-        if let Err(lost) = self.queue.send(job) {
-            log::error!(
-                "No allocator worker is left to take match {}; its tickets {:?} wait for Open Match's pending-release timeout",
-                lost.0.match_id,
-                lost.0.ticket_ids
-            );
-            self.tally.record(Outcome::Abandoned);
+        if !held.is_empty() {
+            held.push(job);
+            return;
         }
+        select! {
+            send(self.queue, job) -> sent => {
+                if let Err(lost) = sent {
+                    self.abandon(lost.0);
+                }
+            }
+            recv(self.shutdown.requested_channel()) -> _ => held.push(job),
+        }
+    }
+
+    /// Queues a job, waiting for room.
+    fn send(&self, job: MatchJob) {
+        if let Err(lost) = self.queue.send(job) {
+            self.abandon(lost.0);
+        }
+    }
+
+    fn abandon(&self, job: MatchJob) {
+        log::error!(
+            "No allocator worker is left to take match {}; its tickets {:?} wait for Open Match's pending-release timeout",
+            job.match_id,
+            job.ticket_ids
+        );
+        self.tally.record(Outcome::Abandoned);
     }
 }
 

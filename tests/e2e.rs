@@ -11,7 +11,8 @@ use agones_openmatch_director::proto::backend::FunctionConfig_Type;
 use grpcio::RpcStatusCode;
 use support::certs::{TestCa, Usage};
 use support::director::wait_until;
-use support::openmatch::TicketStatus;
+use support::openmatch::{FakeOpenMatch, TicketStatus};
+use support::tls::ServerTls;
 use support::world::{final_accounting, stop, World, WAIT};
 
 #[test]
@@ -170,4 +171,60 @@ fn bad_configuration_exits_2_naming_every_variable_before_any_call() {
     }
     assert!(world.om.state().fetches.is_empty());
     assert!(world.allocator.state().requests.is_empty());
+}
+
+#[test]
+fn allocator_certificate_is_verified_against_agones_tls_server_name() {
+    let mut world = World::with(
+        FakeOpenMatch::start(),
+        &["agones-allocator.agones-system.svc"],
+    );
+    world.env.set("ALLOCATE_RETRY_BUDGET", "1s");
+    world.env.set("REGIONS", "us-east-1");
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
+
+    let wrong_name = world.env.start();
+    wait_until(
+        WAIT,
+        "tickets released: 127.0.0.1 is not in the certificate",
+        || world.all_released(&tickets),
+    );
+    stop(wrong_name);
+    assert!(world.allocator.state().requests.is_empty());
+
+    world.env.set(
+        "AGONES_TLS_SERVER_NAME",
+        "agones-allocator.agones-system.svc",
+    );
+    let director = world.env.start();
+    wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
+    assert!(!director
+        .lines_with("server name agones-allocator.agones-system.svc")
+        .is_empty());
+    stop(director);
+}
+
+#[test]
+fn open_match_over_mutual_tls() {
+    let om_ca = TestCa::new("open-match CA");
+    let om_clients = TestCa::new("open-match client CA");
+    let om = FakeOpenMatch::start_with(Some(ServerTls {
+        client_ca_pem: Some(om_clients.pem()),
+        server: om_ca.issue(&["127.0.0.1"], Usage::Server),
+    }));
+    let mut world = World::with(om, &["127.0.0.1"]);
+    let client = om_clients.issue(&["director"], Usage::Client);
+    for (var, file, contents) in [
+        ("OPENMATCH_CA_CERT", "om-ca.crt", om_ca.pem()),
+        ("OPENMATCH_CLIENT_CERT", "om.crt", client.cert_pem),
+        ("OPENMATCH_CLIENT_KEY", "om.key", client.key_pem),
+    ] {
+        let path = world.env.dir.write(file, contents);
+        world.env.set(var, path.display().to_string());
+    }
+    let tickets = world.players("us-east-2", 4);
+    let director = world.env.start();
+    wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
+    assert!(!director.lines_with("(mTLS), match function").is_empty());
+    stop(director);
 }

@@ -12,13 +12,11 @@ use agones_openmatch_director::proto::allocation::{
 use agones_openmatch_director::proto::allocation_grpc::{
     create_allocation_service, AllocationService,
 };
-use grpcio::{
-    CertificateRequestType, Environment, RpcContext, RpcStatus, RpcStatusCode, Server,
-    ServerBuilder, ServerCredentialsBuilder, UnarySink,
-};
+use grpcio::{Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, UnarySink};
 
 use super::certs::{Issued, TestCa, Usage};
 use super::openmatch::reply;
+use super::tls::ServerTls;
 
 /// How the double answers one Allocate call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,14 +60,6 @@ impl AgonesState {
     }
 }
 
-/// Server-side TLS material of the double.
-pub struct AllocatorTls {
-    /// PEM of the CA(s) whose client certificates are accepted.
-    pub client_ca_pem: String,
-    /// The server's certificate and key.
-    pub server: Issued,
-}
-
 /// A CA that signs the allocator's server certificate and a client CA that signs the Director's.
 pub struct AgonesPki {
     pub server_ca: TestCa,
@@ -85,9 +75,9 @@ impl AgonesPki {
     }
 
     /// Server material for `names`, trusting client certificates of our client CA.
-    pub fn server_tls(&self, names: &[&str]) -> AllocatorTls {
-        AllocatorTls {
-            client_ca_pem: self.client_ca.pem(),
+    pub fn server_tls(&self, names: &[&str]) -> ServerTls {
+        ServerTls {
+            client_ca_pem: Some(self.client_ca.pem()),
             server: self.server_ca.issue(names, Usage::Server),
         }
     }
@@ -101,19 +91,19 @@ impl AgonesPki {
 /// The running double.
 pub struct FakeAllocator {
     state: Arc<Mutex<AgonesState>>,
-    tls: AllocatorTls,
+    tls: ServerTls,
     server: Option<Server>,
     pub port: u16,
 }
 
 impl FakeAllocator {
     /// Starts on a free loopback port.
-    pub fn start(tls: AllocatorTls) -> FakeAllocator {
+    pub fn start(tls: ServerTls) -> FakeAllocator {
         FakeAllocator::start_on(tls, 0)
     }
 
     /// Starts on `port` (0: any free port).
-    pub fn start_on(tls: AllocatorTls, port: u16) -> FakeAllocator {
+    pub fn start_on(tls: ServerTls, port: u16) -> FakeAllocator {
         let state = Arc::new(Mutex::new(AgonesState::default()));
         let (server, port) = serve(&state, &tls, port);
         FakeAllocator {
@@ -149,27 +139,17 @@ impl Drop for FakeAllocator {
     }
 }
 
-fn serve(state: &Arc<Mutex<AgonesState>>, tls: &AllocatorTls, port: u16) -> (Server, u16) {
+fn serve(state: &Arc<Mutex<AgonesState>>, tls: &ServerTls, port: u16) -> (Server, u16) {
     let env = Arc::new(Environment::new(1));
     let service = create_allocation_service(Allocator {
         state: Arc::clone(state),
     });
-    let credentials = ServerCredentialsBuilder::new()
-        .root_cert(
-            tls.client_ca_pem.clone(),
-            CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
-        )
-        .add_cert(
-            tls.server.cert_pem.clone().into_bytes(),
-            tls.server.key_pem.clone().into_bytes(),
-        )
-        .build();
     let mut server = ServerBuilder::new(env)
         .register_service(service)
         .build()
         .expect("build allocator double");
     let port = server
-        .add_listening_port(format!("127.0.0.1:{port}"), credentials)
+        .add_listening_port(format!("127.0.0.1:{port}"), tls.credentials())
         .expect("bind allocator double");
     server.start();
     (server, port)

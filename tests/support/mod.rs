@@ -5,4 +5,5 @@ pub mod agones;
 pub mod certs;
 pub mod director;
 pub mod openmatch;
+pub mod tls;
 pub mod world;

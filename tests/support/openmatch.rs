@@ -9,6 +9,8 @@ use agones_openmatch_director::proto::backend::*;
 use agones_openmatch_director::proto::backend_grpc::{create_backend_service, BackendService};
 use agones_openmatch_director::proto::messages::{Match, Pool, SearchFields, Ticket};
 use futures_util::{SinkExt, TryFutureExt};
+
+use super::tls::ServerTls;
 use grpcio::{
     Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
     ServerStreamingSink, UnarySink, WriteFlags,
@@ -88,6 +90,7 @@ impl OmState {
 /// The running double.
 pub struct FakeOpenMatch {
     state: Arc<Mutex<OmState>>,
+    tls: Option<ServerTls>,
     server: Option<Server>,
     pub port: u16,
 }
@@ -95,10 +98,16 @@ pub struct FakeOpenMatch {
 impl FakeOpenMatch {
     /// Starts a plaintext backend on a free loopback port.
     pub fn start() -> FakeOpenMatch {
+        FakeOpenMatch::start_with(None)
+    }
+
+    /// Starts a backend on a free loopback port, with TLS when `tls` is given.
+    pub fn start_with(tls: Option<ServerTls>) -> FakeOpenMatch {
         let state = Arc::new(Mutex::new(OmState::default()));
-        let (server, port) = serve(&state, 0);
+        let (server, port) = serve(&state, tls.as_ref(), 0);
         FakeOpenMatch {
             state,
+            tls,
             server: Some(server),
             port,
         }
@@ -162,7 +171,7 @@ impl FakeOpenMatch {
 
     /// Serves again on the same port, with the same state.
     pub fn restart(&mut self) {
-        let (server, port) = serve(&self.state, self.port);
+        let (server, port) = serve(&self.state, self.tls.as_ref(), self.port);
         assert_eq!(port, self.port);
         self.server = Some(server);
     }
@@ -174,7 +183,7 @@ impl Drop for FakeOpenMatch {
     }
 }
 
-fn serve(state: &Arc<Mutex<OmState>>, port: u16) -> (Server, u16) {
+fn serve(state: &Arc<Mutex<OmState>>, tls: Option<&ServerTls>, port: u16) -> (Server, u16) {
     let env = Arc::new(Environment::new(1));
     let service = create_backend_service(Backend {
         state: Arc::clone(state),
@@ -184,7 +193,10 @@ fn serve(state: &Arc<Mutex<OmState>>, port: u16) -> (Server, u16) {
         .build()
         .expect("build Open Match double");
     let port = server
-        .add_listening_port(format!("127.0.0.1:{port}"), ServerCredentials::insecure())
+        .add_listening_port(
+            format!("127.0.0.1:{port}"),
+            tls.map_or_else(ServerCredentials::insecure, ServerTls::credentials),
+        )
         .expect("bind Open Match double");
     server.start();
     (server, port)

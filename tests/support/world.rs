@@ -18,10 +18,15 @@ pub struct World {
 }
 
 impl World {
+    /// A plaintext Open Match and an allocator whose certificate is valid for 127.0.0.1.
     pub fn new() -> World {
+        World::with(FakeOpenMatch::start(), &["127.0.0.1", "localhost"])
+    }
+
+    /// `om`, and an allocator whose server certificate is valid for `allocator_names`.
+    pub fn with(om: FakeOpenMatch, allocator_names: &[&str]) -> World {
         let pki = AgonesPki::new();
-        let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
-        let om = FakeOpenMatch::start();
+        let allocator = FakeAllocator::start(pki.server_tls(allocator_names));
         let env = DirectorEnv::new(om.port, allocator.port, &pki);
         World { om, allocator, env }
     }
