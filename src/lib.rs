@@ -15,6 +15,7 @@ pub mod retry;
 pub mod rpc;
 pub mod shutdown;
 pub mod tls;
+pub mod x509;
 
 /// The user agent sent on every gRPC channel.
 pub const USER_AGENT: &str = concat!("agones-openmatch-director/", env!("CARGO_PKG_VERSION"));

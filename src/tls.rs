@@ -9,8 +9,8 @@ use grpcio::{ChannelCredentials, ChannelCredentialsBuilder};
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
+
+use crate::x509::{self, CertSummary};
 
 /// A PEM file's path and contents.
 #[derive(Clone, Debug)]
@@ -79,17 +79,7 @@ pub struct IdentityProblem {
 /// Reads a CA bundle and checks that it holds at least one well-formed certificate.
 pub fn load_ca(path: &Path) -> Result<PemFile, String> {
     let pem = read_pem_file(path)?;
-    let certs = parse_certificates(path, &pem)?;
-    let mut store = RootCertStore::empty();
-    for (index, cert) in certs.into_iter().enumerate() {
-        store.add(cert).map_err(|e| {
-            format!(
-                "certificate #{} in {} is not a usable CA certificate: {e}",
-                index + 1,
-                path.display()
-            )
-        })?;
-    }
+    parse_certificates(path, &pem)?;
     Ok(PemFile {
         path: path.to_path_buf(),
         pem,
@@ -136,19 +126,15 @@ pub fn load_identity(
                 key_path.display()
             ))]
         })?;
-    CertifiedKey::new(certs, signing_key)
-        .keys_match()
-        .or_else(|e| match e {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown) => Ok(()),
-            other => Err(other),
-        })
-        .map_err(|e| {
-            vec![key_problem(format!(
-                "{} does not match the certificate in {}: {e}",
+    if let Some(key_info) = signing_key.public_key() {
+        if key_info.as_ref() != certs[0].1.public_key_info.as_slice() {
+            return Err(vec![key_problem(format!(
+                "{} does not match the certificate in {}",
                 key_path.display(),
                 cert_path.display()
-            ))]
-        })?;
+            ))]);
+        }
+    }
     Ok(ClientIdentity {
         cert_chain: PemFile {
             path: cert_path.to_path_buf(),
@@ -184,26 +170,29 @@ fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn parse_certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM bundle, each with what the Director reports about it.
+pub fn parse_certificates(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<(CertificateDer<'static>, CertSummary)>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
-    for (index, cert) in certs.iter().enumerate() {
-        webpki_parse(cert).map_err(|e| {
-            format!(
-                "certificate #{} in {} is not a valid X.509 certificate: {e}",
-                index + 1,
-                path.display()
-            )
-        })?;
-    }
-    Ok(certs)
-}
-
-/// Parses a certificate the way rustls will, to catch malformed DER early.
-fn webpki_parse(cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-    rustls::server::ParsedCertificate::try_from(cert).map(|_| ())
+    certs
+        .into_iter()
+        .enumerate()
+        .map(|(index, cert)| {
+            let summary = x509::summarize(&cert).map_err(|e| {
+                format!(
+                    "certificate #{} in {} is not a valid X.509 certificate: {e}",
+                    index + 1,
+                    path.display()
+                )
+            })?;
+            Ok((cert, summary))
+        })
+        .collect()
 }

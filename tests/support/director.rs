@@ -70,8 +70,37 @@ impl DirectorEnv {
         self.vars.insert(key.to_string(), value.into());
     }
 
+    /// Runs the `director` binary built by cargo.
     pub fn start(&self) -> Director {
-        Director::start(&self.vars)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_director"));
+        command.env_clear().envs(&self.vars);
+        Director::spawn(command)
+    }
+
+    /// Runs `image` with Docker on the host network, the certificate directory mounted read-only
+    /// at the default path /etc/director/agones-tls (the AGONES_* file variables are left unset).
+    pub fn start_image(&self, image: &str) -> Director {
+        let name = format!("director-test-{}", self.dir.path().display())
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+        let mut command = Command::new("docker");
+        command.args(["run", "--rm", "--name", &name, "--network", "host"]);
+        command.args(["--read-only", "--cap-drop", "ALL"]);
+        command.args([
+            "-v",
+            &format!("{}:/etc/director/agones-tls:ro", path(self.dir.path())),
+        ]);
+        for (key, value) in &self.vars {
+            if !matches!(
+                key.as_str(),
+                "AGONES_CA_CERT" | "AGONES_CLIENT_CERT" | "AGONES_CLIENT_KEY"
+            ) {
+                command.args(["-e", &format!("{key}={value}")]);
+            }
+        }
+        command.arg(image);
+        let mut director = Director::spawn(command);
+        director.container = Some(name);
+        director
     }
 }
 
@@ -82,16 +111,16 @@ fn path(p: &Path) -> String {
 /// A running `director` process.
 pub struct Director {
     child: Child,
+    /// The Docker container's name, when the Director runs in one.
+    container: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
 }
 
 impl Director {
-    /// Starts the binary with exactly `vars` (plus PATH) in its environment.
-    pub fn start(vars: &HashMap<String, String>) -> Director {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_director"))
-            .env_clear()
-            .envs(vars)
+    /// Starts `command` with its standard error captured as the log.
+    fn spawn(mut command: Command) -> Director {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -108,6 +137,7 @@ impl Director {
         });
         Director {
             child,
+            container: None,
             log,
             reader: Some(reader),
         }
@@ -163,6 +193,13 @@ impl Director {
 
 impl Drop for Director {
     fn drop(&mut self) {
+        if let Some(name) = &self.container {
+            let _ = Command::new("docker")
+                .args(["rm", "--force", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
