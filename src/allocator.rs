@@ -13,7 +13,7 @@ use crate::proto::allocation::{
 use crate::proto::allocation_grpc::AllocationServiceClient;
 use crate::rpc::RpcError;
 use crate::shutdown::Shutdown;
-use crate::tls;
+use crate::tls::{self, TlsMaterial};
 
 /// Annotation on every allocated GameServer naming the match it was allocated for.
 pub const MATCH_ID_ANNOTATION: &str = "director.agones-openmatch/match-id";
@@ -22,13 +22,13 @@ pub const PROFILE_LABEL: &str = "director.agones-openmatch/profile";
 
 /// Opens a dedicated, long-lived mTLS channel to the allocator for one worker thread. A local
 /// subchannel pool gives each worker its own TCP connection, spread over the allocator replicas.
-pub fn connect(env: Arc<Environment>, config: &AgonesConfig) -> Channel {
+pub fn connect(env: Arc<Environment>, config: &AgonesConfig, tls: &TlsMaterial) -> Channel {
     let mut builder = ChannelBuilder::new(env)
         .primary_user_agent(crate::USER_AGENT)
         .use_local_subchannel_pool(true)
         .initial_reconnect_backoff(Duration::from_millis(200))
         .max_reconnect_backoff(MAX_RECONNECT_BACKOFF)
-        .set_credentials(tls::channel_credentials(&config.tls));
+        .set_credentials(tls::channel_credentials(tls));
     if let Some(name) = &config.tls_server_name {
         builder = builder.override_ssl_target(name.clone());
     }
@@ -194,7 +194,7 @@ mod tests {
     use super::*;
     use crate::proto::allocation::AllocationResponse_GameServerStatusPort as Port;
     use crate::rpc::AGONES_VALIDATION_ERROR;
-    use crate::tls::{PemFile, TlsMaterial};
+    use crate::tls::PemFile;
 
     fn agones_config() -> AgonesConfig {
         AgonesConfig {

@@ -4,6 +4,7 @@
 //! environment.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -119,6 +120,10 @@ pub struct Config {
     pub allocator_threads: usize,
     /// Bound of the match queue between fetchers and workers.
     pub queue_capacity: usize,
+    /// How often the certificate files are checked for changes.
+    pub cert_reload_interval: Duration,
+    /// Where the metrics and health HTTP listener binds; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
     /// Things worth a warning at start-up (deprecated variable names).
     pub warnings: Vec<String>,
 }
@@ -226,6 +231,10 @@ impl Config {
         let timing = read_timing(&mut r);
         let allocator_threads = r.parsed("ALLOCATOR_THREADS", "8", |s| count(s, 1, 1024));
         let queue_capacity = r.parsed("QUEUE_CAPACITY", "64", |s| count(s, 1, 1_000_000));
+        let metrics_addr = read_metrics_addr(&mut r);
+        let cert_reload_interval = r.parsed("CERT_RELOAD_INTERVAL", "10s", |s| {
+            parse_duration(s).and_then(non_zero)
+        });
         if !r.problems.is_empty() {
             return Err(ConfigErrors(r.problems));
         }
@@ -236,6 +245,8 @@ impl Config {
             timing: timing.expect("no problems recorded"),
             allocator_threads: allocator_threads.expect("no problems recorded"),
             queue_capacity: queue_capacity.expect("no problems recorded"),
+            metrics_addr: metrics_addr.expect("no problems recorded"),
+            cert_reload_interval: cert_reload_interval.expect("no problems recorded"),
             warnings: r.warnings,
         })
     }
@@ -368,6 +379,28 @@ fn load_tls(
         ca: ca.ok()?,
         identity: identity.ok()?,
     })
+}
+
+/// `METRICS_ADDR`: `host:port` to listen on; set but empty disables the listener.
+fn read_metrics_addr(r: &mut Reader) -> Option<Option<SocketAddr>> {
+    match r.raw("METRICS_ADDR").map(|v| v.trim().to_string()) {
+        Some(value) if value.is_empty() => Some(None),
+        value => {
+            let text = value.unwrap_or_else(|| "0.0.0.0:8080".to_string());
+            match text.parse() {
+                Ok(address) => Some(Some(address)),
+                Err(_) => {
+                    r.problem(
+                        "METRICS_ADDR",
+                        &format!(
+                            "is not an IP:port to listen on (got {text:?}); empty disables it"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    }
 }
 
 fn read_profiles(r: &mut Reader) -> ProfileConfig {
@@ -614,6 +647,8 @@ mod tests {
         );
         assert_eq!(config.allocator_threads, 8);
         assert_eq!(config.queue_capacity, 64);
+        assert_eq!(config.metrics_addr, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(config.cert_reload_interval, s(10));
         assert!(config.warnings.is_empty());
     }
 
@@ -660,6 +695,8 @@ mod tests {
         assert_eq!(config.timing.fetch_timeout, Duration::from_secs(120));
         assert_eq!(config.timing.allocate_retry_budget, Duration::ZERO);
         assert_eq!(config.allocator_threads, 32);
+        let disabled = Fixture::new().set("METRICS_ADDR", "").load().unwrap();
+        assert_eq!(disabled.metrics_addr, None);
     }
 
     #[test]
@@ -673,6 +710,7 @@ mod tests {
             .set("AGONES_MULTICLUSTER", "maybe")
             .set("QUEUE_CAPACITY", "many")
             .set("ASSIGN_TIMEOUT", "0s")
+            .set("METRICS_ADDR", "localhost")
             .problems();
         let vars: Vec<&str> = problems
             .iter()
@@ -688,7 +726,8 @@ mod tests {
                 "INTERVAL",
                 "ASSIGN_TIMEOUT",
                 "ALLOCATOR_THREADS",
-                "QUEUE_CAPACITY"
+                "QUEUE_CAPACITY",
+                "METRICS_ADDR"
             ],
             "{problems:#?}"
         );

@@ -7,11 +7,15 @@
 
 pub mod allocator;
 pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod openmatch;
 pub mod pipeline;
 pub mod profiles;
 pub mod proto;
 pub mod retry;
+pub mod rotation;
 pub mod rpc;
 pub mod shutdown;
 pub mod tls;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use grpcio::{CallOption, Channel, ChannelBuilder, Environment, RpcStatusCode};
 
-use crate::config::{Endpoint, OpenMatchConfig};
+use crate::config::Endpoint;
 use crate::proto::backend::{
     AssignTicketsRequest, AssignmentFailure, AssignmentGroup, FetchMatchesRequest, FunctionConfig,
     FunctionConfig_Type, ReleaseTicketsRequest,
@@ -16,19 +16,19 @@ use crate::proto::backend_grpc::BackendServiceClient;
 use crate::proto::messages::{Assignment, Match, MatchProfile};
 use crate::rpc::RpcError;
 use crate::shutdown::Shutdown;
-use crate::tls;
+use crate::tls::{self, TlsMaterial};
 
 /// Longest pause between reconnection attempts (gRPC's own default is two minutes).
 pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Opens the (lazily connecting) channel to the Open Match backend, with TLS when configured.
-pub fn connect(env: Arc<Environment>, config: &OpenMatchConfig) -> Channel {
+pub fn connect(env: Arc<Environment>, backend: &Endpoint, tls: Option<&TlsMaterial>) -> Channel {
     let builder = ChannelBuilder::new(env)
         .primary_user_agent(crate::USER_AGENT)
         .initial_reconnect_backoff(Duration::from_millis(200))
         .max_reconnect_backoff(MAX_RECONNECT_BACKOFF);
-    let target = config.backend.target();
-    match &config.tls {
+    let target = backend.target();
+    match tls {
         Some(material) => builder
             .set_credentials(tls::channel_credentials(material))
             .connect(&target),

@@ -1,27 +1,35 @@
 //! The pipeline: one fetcher thread per profile → bounded queue → a fixed pool of allocator workers.
 //!
 //! Every match taken off a FetchMatches stream ends in exactly one of three outcomes, counted in
-//! [`Tally`]: *assigned*, *released* (tickets back in the pool at once), or *abandoned* (Open Match
-//! could not be reached to release them; they return after its pending-release timeout).
+//! [`Metrics::matches_finished`]: *assigned*, *released* (tickets back in the pool at once), or
+//! *abandoned* (Open Match could not be reached to release them; they return after its
+//! pending-release timeout).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
-use grpcio::{EnvBuilder, RpcStatusCode};
+use grpcio::{EnvBuilder, Environment, RpcStatusCode};
 
 use crate::allocator::{self, AllocatorClient, GameServer};
-use crate::config::Config;
+use crate::config::{AgonesConfig, Config};
+use crate::health::{Health, Heartbeat};
+use crate::http::{self, Response};
+use crate::metrics::Metrics;
 use crate::openmatch::{self, FetchOutcome, OpenMatchClient};
 use crate::profiles::Profile;
 use crate::proto::backend::AssignmentFailure_Cause;
 use crate::proto::messages::Match;
 use crate::retry::{fetch_backoff, retry, RetryPolicy};
-use crate::rpc::RpcError;
+use crate::rotation::{self, TlsFiles, Versioned, Watched};
+use crate::rpc::{code_name, RpcError};
 use crate::shutdown::Shutdown;
+use crate::tls::TlsMaterial;
+
+/// Slack added to a thread's longest legitimate call chain before it counts as stuck.
+const LIVENESS_MARGIN: Duration = Duration::from_secs(10);
 
 /// A match waiting for a game server, with the profile (and so the region) that produced it.
 #[derive(Debug)]
@@ -47,19 +55,18 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// Counters of what happened to the matches of this run.
-#[derive(Debug, Default)]
-pub struct Tally {
-    received: AtomicU64,
-    assigned: AtomicU64,
-    released: AtomicU64,
-    abandoned: AtomicU64,
-    skipped_empty: AtomicU64,
-    tickets_not_found: AtomicU64,
-    orphaned_game_servers: AtomicU64,
+impl Outcome {
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Assigned => "assigned",
+            Outcome::Released => "released",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
 }
 
-/// A copy of [`Tally`]'s counters.
+/// What happened to the matches of this run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Matches with tickets taken off FetchMatches streams.
@@ -74,33 +81,37 @@ pub struct Totals {
     pub skipped_empty: u64,
     /// Tickets AssignTickets reported as not found.
     pub tickets_not_found: u64,
-    /// Game servers allocated whose assignment then failed.
+    /// Game servers allocated but left without players.
     pub orphaned_game_servers: u64,
 }
 
-impl Tally {
-    fn record(&self, outcome: Outcome) {
-        let counter = match outcome {
-            Outcome::Assigned => &self.assigned,
-            Outcome::Released => &self.released,
-            Outcome::Abandoned => &self.abandoned,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counters now.
-    pub fn totals(&self) -> Totals {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+impl Totals {
+    /// The totals the metrics hold now.
+    pub fn of(metrics: &Metrics) -> Totals {
+        let finished = |outcome: Outcome| metrics.matches_finished.get(&[outcome.label()]);
         Totals {
-            received: get(&self.received),
-            assigned: get(&self.assigned),
-            released: get(&self.released),
-            abandoned: get(&self.abandoned),
-            skipped_empty: get(&self.skipped_empty),
-            tickets_not_found: get(&self.tickets_not_found),
-            orphaned_game_servers: get(&self.orphaned_game_servers),
+            received: metrics.matches_fetched.sum(),
+            assigned: finished(Outcome::Assigned),
+            released: finished(Outcome::Released),
+            abandoned: finished(Outcome::Abandoned),
+            skipped_empty: metrics.empty_matches.get(),
+            tickets_not_found: metrics.assignment_failures.get(&["ticket_not_found"]),
+            orphaned_game_servers: metrics.orphaned_game_servers.get(),
         }
     }
+}
+
+/// What every pipeline thread shares.
+struct Shared {
+    env: Arc<Environment>,
+    shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    openmatch: Arc<Versioned<OpenMatchClient>>,
+    agones_tls: Arc<Versioned<TlsMaterial>>,
+    agones: AgonesConfig,
+    allocate: RetryPolicy,
+    assign: RetryPolicy,
 }
 
 /// Runs the Director until shutdown is requested and the work is drained (or the shutdown
@@ -110,47 +121,45 @@ pub fn run(
     profiles: Vec<Profile>,
     shutdown: &Arc<Shutdown>,
 ) -> std::io::Result<Totals> {
-    let env = Arc::new(EnvBuilder::new().name_prefix("grpc").cq_count(2).build());
-    let openmatch = OpenMatchClient::new(
-        openmatch::connect(Arc::clone(&env), &config.openmatch),
-        &config.openmatch.match_function,
-    );
-    let tally = Arc::new(Tally::default());
-    let settings = Arc::new(WorkerSettings::from_config(config));
+    let shared = Arc::new(shared_state(config, shutdown));
+    start_certificate_watch(config, &shared)?;
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.queue_capacity);
+    if let Some(address) = config.metrics_addr {
+        let bound = http::serve(address, operations_handler(&shared, queue_rx.clone()))?;
+        log::info!("Serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+    let timing = &config.timing;
     let (alive_tx, alive_rx) = crossbeam_channel::bounded::<()>(0);
     let mut threads = Vec::new();
     for profile in profiles {
+        let name = format!("fetch-{}", profile.name);
         let fetcher = Fetcher {
+            heartbeat: shared
+                .health
+                .register(&name, timing.fetch_timeout + LIVENESS_MARGIN),
             profile: Arc::new(profile),
-            openmatch: openmatch.clone(),
             queue: queue_tx.clone(),
-            shutdown: Arc::clone(shutdown),
-            tally: Arc::clone(&tally),
-            interval: config.timing.interval,
-            fetch_timeout: config.timing.fetch_timeout,
+            shared: Arc::clone(&shared),
+            interval: timing.interval,
+            fetch_timeout: timing.fetch_timeout,
         };
-        let name = format!("fetch-{}", fetcher.profile.name);
         threads.push(spawn(name, alive_tx.clone(), move || fetcher.run())?);
     }
+    let worker_limit = timing.allocate_retry_budget
+        + timing.allocate_timeout
+        + 2 * (timing.assign_retry_budget + timing.assign_timeout)
+        + LIVENESS_MARGIN;
     for index in 0..config.allocator_threads {
-        let worker = Worker {
-            allocator: AllocatorClient::new(allocator::connect(Arc::clone(&env), &config.agones)),
-            openmatch: openmatch.clone(),
-            settings: Arc::clone(&settings),
-            shutdown: Arc::clone(shutdown),
-            tally: Arc::clone(&tally),
-        };
+        let name = format!("alloc-{index}");
+        let heartbeat = shared.health.register(&name, worker_limit);
+        let worker = Worker::new(index, Arc::clone(&shared), heartbeat);
         let queue = queue_rx.clone();
-        threads.push(spawn(
-            format!("alloc-{index}"),
-            alive_tx.clone(),
-            move || worker.run(queue),
-        )?);
+        threads.push(spawn(name, alive_tx.clone(), move || worker.run(queue))?);
     }
     drop((queue_tx, queue_rx, alive_tx));
 
     shutdown.wait_requested();
+    shared.health.stopping();
     let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
     if alive_rx.recv_deadline(deadline) == Err(RecvTimeoutError::Timeout) {
         log::warn!("Shutdown timeout reached: cancelling fetches and releasing queued matches");
@@ -161,7 +170,87 @@ pub fn run(
             log::error!("A pipeline thread ended with a panic");
         }
     }
-    Ok(tally.totals())
+    Ok(Totals::of(&shared.metrics))
+}
+
+fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
+    let env = Arc::new(EnvBuilder::new().name_prefix("grpc").cq_count(2).build());
+    let openmatch = OpenMatchClient::new(
+        openmatch::connect(
+            Arc::clone(&env),
+            &config.openmatch.backend,
+            config.openmatch.tls.as_ref(),
+        ),
+        &config.openmatch.match_function,
+    );
+    let timing = &config.timing;
+    Shared {
+        env,
+        shutdown: Arc::clone(shutdown),
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(Health::new()),
+        openmatch: Arc::new(Versioned::new(openmatch)),
+        agones_tls: Arc::new(Versioned::new(config.agones.tls.clone())),
+        agones: config.agones.clone(),
+        allocate: RetryPolicy {
+            attempt_timeout: timing.allocate_timeout,
+            budget: timing.allocate_retry_budget,
+            retryable: allocator::is_retryable,
+        },
+        assign: RetryPolicy {
+            attempt_timeout: timing.assign_timeout,
+            budget: timing.assign_retry_budget,
+            retryable: openmatch::is_retryable,
+        },
+    }
+}
+
+/// Records certificate expiry and starts the watcher that reloads changed certificates.
+fn start_certificate_watch(config: &Config, shared: &Arc<Shared>) -> std::io::Result<()> {
+    rotation::record_expiry(&config.agones.tls, &shared.metrics);
+    let agones_tls = Arc::clone(&shared.agones_tls);
+    let mut watched = vec![Watched {
+        endpoint: "agones",
+        files: TlsFiles::of(&config.agones.tls),
+        apply: Box::new(move |material| agones_tls.replace(material)),
+    }];
+    if let Some(material) = &config.openmatch.tls {
+        rotation::record_expiry(material, &shared.metrics);
+        let (env, clients) = (Arc::clone(&shared.env), Arc::clone(&shared.openmatch));
+        let (backend, function) = (
+            config.openmatch.backend.clone(),
+            config.openmatch.match_function.clone(),
+        );
+        watched.push(Watched {
+            endpoint: "openmatch",
+            files: TlsFiles::of(material),
+            apply: Box::new(move |material| {
+                let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
+                clients.replace(OpenMatchClient::new(channel, &function));
+            }),
+        });
+    }
+    rotation::watch(
+        watched,
+        config.cert_reload_interval,
+        Arc::clone(&shared.metrics),
+        Arc::clone(&shared.shutdown),
+    )
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz`.
+fn operations_handler(shared: &Arc<Shared>, queue: Receiver<MatchJob>) -> Arc<http::Handler> {
+    let shared = Arc::clone(shared);
+    let probe = |result: Result<String, String>| match result {
+        Ok(body) => Response::text(200, body),
+        Err(body) => Response::text(503, body),
+    };
+    Arc::new(move |path: &str| match path {
+        "/metrics" => Response::metrics(shared.metrics.render(queue.len())),
+        "/healthz" => probe(shared.health.liveness()),
+        "/readyz" => probe(shared.health.readiness()),
+        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n".into()),
+    })
 }
 
 /// Spawns a named thread that holds `alive` until it ends.
@@ -179,10 +268,9 @@ fn spawn(
 /// One profile's fetch loop.
 struct Fetcher {
     profile: Arc<Profile>,
-    openmatch: OpenMatchClient,
     queue: Sender<MatchJob>,
-    shutdown: Arc<Shutdown>,
-    tally: Arc<Tally>,
+    shared: Arc<Shared>,
+    heartbeat: Arc<Heartbeat>,
     interval: Duration,
     fetch_timeout: Duration,
 }
@@ -191,12 +279,14 @@ impl Fetcher {
     fn run(self) {
         let mut failures = 0;
         let mut held = Vec::new();
-        while !self.shutdown.is_requested() {
+        while !self.shared.shutdown.is_requested() {
+            let (_, openmatch) = self.shared.openmatch.current();
+            self.heartbeat.progress();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                self.openmatch.fetch_matches(
+                openmatch.fetch_matches(
                     &self.profile.match_profile,
                     self.fetch_timeout,
-                    &self.shutdown,
+                    &self.shared.shutdown,
                     |m| self.enqueue(m, &mut held),
                 )
             }))
@@ -208,6 +298,7 @@ impl Fetcher {
                 )),
             });
             held.drain(..).for_each(|job| self.send(job));
+            self.record(&outcome);
             let pause = match outcome.error {
                 None => {
                     failures = 0;
@@ -232,11 +323,30 @@ impl Fetcher {
                     pause
                 }
             };
-            select! {
-                recv(self.shutdown.requested_channel()) -> _ => break,
-                default(pause) => {}
+            let stop = self.heartbeat.waiting(|| {
+                select! {
+                    recv(self.shared.shutdown.requested_channel()) -> _ => true,
+                    default(pause) => false,
+                }
+            });
+            if stop {
+                break;
             }
         }
+        self.heartbeat.exited();
+    }
+
+    fn record(&self, outcome: &FetchOutcome) {
+        let name = self.profile.name.as_str();
+        let result = match &outcome.error {
+            None => Ok(()),
+            Some(error) => {
+                let code = code_name(error.code);
+                self.shared.metrics.fetch_errors.inc(&[name, &code]);
+                Err(error.to_string())
+            }
+        };
+        self.shared.health.fetch_finished(name, result);
     }
 
     /// Queues a match as it comes off the stream. A full queue blocks (backpressure) until
@@ -250,10 +360,14 @@ impl Fetcher {
                 m.get_match_id(),
                 self.profile.name
             );
-            self.tally.skipped_empty.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.empty_matches.add(1);
             return;
         }
-        self.tally.received.fetch_add(1, Ordering::Relaxed);
+        self.heartbeat.progress();
+        self.shared
+            .metrics
+            .matches_fetched
+            .inc(&[self.profile.name.as_str()]);
         let job = MatchJob {
             profile: Arc::clone(&self.profile),
             match_id: m.get_match_id().to_string(),
@@ -264,19 +378,21 @@ impl Fetcher {
             held.push(job);
             return;
         }
-        select! {
-            send(self.queue, job) -> sent => {
-                if let Err(lost) = sent {
-                    self.abandon(lost.0);
+        self.heartbeat.waiting(|| {
+            select! {
+                send(self.queue, job) -> sent => {
+                    if let Err(lost) = sent {
+                        self.abandon(lost.0);
+                    }
                 }
+                recv(self.shared.shutdown.requested_channel()) -> _ => held.push(job),
             }
-            recv(self.shutdown.requested_channel()) -> _ => held.push(job),
-        }
+        });
     }
 
     /// Queues a job, waiting for room.
     fn send(&self, job: MatchJob) {
-        if let Err(lost) = self.queue.send(job) {
+        if let Err(lost) = self.heartbeat.waiting(|| self.queue.send(job)) {
             self.abandon(lost.0);
         }
     }
@@ -287,7 +403,10 @@ impl Fetcher {
             job.match_id,
             job.ticket_ids
         );
-        self.tally.record(Outcome::Abandoned);
+        self.shared
+            .metrics
+            .matches_finished
+            .inc(&[Outcome::Abandoned.label()]);
     }
 }
 
@@ -302,79 +421,115 @@ pub fn distinct_ticket_ids(m: &Match) -> Vec<String> {
     ids
 }
 
-/// What workers need from the configuration.
-struct WorkerSettings {
-    agones: crate::config::AgonesConfig,
-    allocate: RetryPolicy,
-    assign: RetryPolicy,
-}
-
-impl WorkerSettings {
-    fn from_config(config: &Config) -> WorkerSettings {
-        let timing = &config.timing;
-        WorkerSettings {
-            agones: config.agones.clone(),
-            allocate: RetryPolicy {
-                attempt_timeout: timing.allocate_timeout,
-                budget: timing.allocate_retry_budget,
-                retryable: allocator::is_retryable,
-            },
-            assign: RetryPolicy {
-                attempt_timeout: timing.assign_timeout,
-                budget: timing.assign_retry_budget,
-                retryable: openmatch::is_retryable,
-            },
-        }
-    }
-}
-
-/// One allocator worker: its own allocator channel, a shared Open Match client.
+/// One allocator worker: its own allocator channel (renewed when the Agones certificates
+/// change), and the shared Open Match client.
 struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    heartbeat: Arc<Heartbeat>,
+    tls_generation: u64,
     allocator: AllocatorClient,
-    openmatch: OpenMatchClient,
-    settings: Arc<WorkerSettings>,
-    shutdown: Arc<Shutdown>,
-    tally: Arc<Tally>,
+    openmatch: Arc<OpenMatchClient>,
 }
 
 impl Worker {
-    fn run(self, queue: Receiver<MatchJob>) {
-        for job in queue.iter() {
+    fn new(index: usize, shared: Arc<Shared>, heartbeat: Arc<Heartbeat>) -> Worker {
+        let (tls_generation, material) = shared.agones_tls.current();
+        let allocator = Worker::connect(index, &shared, &material);
+        let (_, openmatch) = shared.openmatch.current();
+        Worker {
+            index,
+            shared,
+            heartbeat,
+            tls_generation,
+            allocator,
+            openmatch,
+        }
+    }
+
+    fn connect(index: usize, shared: &Shared, material: &TlsMaterial) -> AllocatorClient {
+        let channel = allocator::connect(Arc::clone(&shared.env), &shared.agones, material);
+        shared.health.allocator_channel(index, channel.clone());
+        AllocatorClient::new(channel)
+    }
+
+    fn run(mut self, queue: Receiver<MatchJob>) {
+        while let Ok(job) = self.heartbeat.waiting(|| queue.recv()) {
+            self.refresh_clients();
             let outcome =
                 catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
                     log::error!(
                         "Bug: a worker panicked while handling match {}; releasing its tickets",
                         job.match_id
                     );
-                    self.release(&job, self.settings.assign.budget)
+                    self.release(&job, self.shared.assign.budget)
                 });
-            self.tally.record(outcome);
+            self.shared.metrics.matches_finished.inc(&[outcome.label()]);
+            self.heartbeat.progress();
         }
+        self.heartbeat.exited();
+    }
+
+    /// Between two matches: switches to new certificates or a new Open Match client if any.
+    fn refresh_clients(&mut self) {
+        if self.shared.agones_tls.generation() != self.tls_generation {
+            let (generation, material) = self.shared.agones_tls.current();
+            self.allocator = Worker::connect(self.index, &self.shared, &material);
+            self.tls_generation = generation;
+            log::info!(
+                "alloc-{}: switched to the new Agones client certificate",
+                self.index
+            );
+        }
+        self.openmatch = self.shared.openmatch.current().1;
     }
 
     fn handle(&self, job: &MatchJob) -> Outcome {
-        if self.shutdown.is_forced() {
+        if self.shared.shutdown.is_forced() {
             log::info!("Releasing match {} (shutting down)", job.match_id);
-            return self.release(job, self.settings.assign.budget);
+            return self.release(job, self.shared.assign.budget);
         }
         match self.allocate(job) {
             Some(server) => self.assign(job, &server),
-            None => self.release(job, self.settings.assign.budget),
+            None => self.release(job, self.shared.assign.budget),
         }
+    }
+
+    /// One Allocate attempt, measured.
+    fn allocate_once(
+        &self,
+        job: &MatchJob,
+        request: &crate::proto::allocation::AllocationRequest,
+        timeout: Duration,
+    ) -> Result<crate::proto::allocation::AllocationResponse, RpcError> {
+        let started = Instant::now();
+        let result = self
+            .allocator
+            .allocate(request, timeout, &self.shared.shutdown);
+        let metrics = &self.shared.metrics;
+        metrics.allocation_duration.observe(started.elapsed());
+        let label = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(error) => code_name(error.code),
+        };
+        metrics
+            .allocations
+            .inc(&[job.profile.region.as_str(), &label]);
+        result
     }
 
     /// Allocates a game server in the match's region, or says why not (and returns `None`).
     fn allocate(&self, job: &MatchJob) -> Option<GameServer> {
         let request = allocator::allocation_request(
-            &self.settings.agones,
+            &self.shared.agones,
             &job.profile.region,
             &job.profile.name,
             &job.match_id,
         );
         let response = retry(
-            self.settings.allocate,
-            &self.shutdown,
-            |timeout| self.allocator.allocate(&request, timeout, &self.shutdown),
+            self.shared.allocate,
+            &self.shared.shutdown,
+            |timeout| self.allocate_once(job, &request, timeout),
             |error, pause| {
                 log::warn!(
                     "Allocate for match {} (region {}) failed: {error}; retrying in {}ms",
@@ -396,9 +551,10 @@ impl Worker {
                 return None;
             }
         };
-        match allocator::game_server(&response, &self.settings.agones.port_name) {
+        match allocator::game_server(&response, &self.shared.agones.port_name) {
             Ok(server) => Some(server),
             Err(unusable) => {
+                self.shared.metrics.orphaned_game_servers.add(1);
                 log::error!(
                     "Game server {} allocated for match {} is unusable ({}); it stays Allocated with no players until someone deletes it; releasing the match's tickets",
                     unusable.name,
@@ -412,8 +568,8 @@ impl Worker {
 
     fn assign(&self, job: &MatchJob, server: &GameServer) -> Outcome {
         let result = retry(
-            self.settings.assign,
-            &self.shutdown,
+            self.shared.assign,
+            &self.shared.shutdown,
             |timeout| {
                 self.openmatch
                     .assign(&job.ticket_ids, &server.connection, timeout)
@@ -428,10 +584,13 @@ impl Worker {
         );
         match result {
             Ok(failures) => {
+                let metrics = &self.shared.metrics;
                 for failure in &failures {
-                    if failure.get_cause() == AssignmentFailure_Cause::TICKET_NOT_FOUND {
-                        self.tally.tickets_not_found.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let cause = match failure.get_cause() {
+                        AssignmentFailure_Cause::TICKET_NOT_FOUND => "ticket_not_found",
+                        AssignmentFailure_Cause::UNKNOWN => "unknown",
+                    };
+                    metrics.assignment_failures.inc(&[cause]);
                     log::warn!(
                         "AssignTickets: ticket {} of match {} was not assigned: {:?}",
                         failure.get_ticket_id(),
@@ -439,19 +598,22 @@ impl Worker {
                         failure.get_cause()
                     );
                 }
+                let assigned = job.ticket_ids.len() - failures.len().min(job.ticket_ids.len());
+                metrics.tickets_assigned.add(assigned as u64);
+                metrics
+                    .match_to_assignment
+                    .observe(job.received_at.elapsed());
                 log::info!(
-                    "Assigned server {} (gameserver {}) to match {} ({} tickets)",
+                    "Assigned server {} (gameserver {}) to match {} ({assigned} tickets)",
                     server.connection,
                     server.name,
                     job.match_id,
-                    job.ticket_ids.len() - failures.len().min(job.ticket_ids.len())
                 );
                 Outcome::Assigned
             }
             Err(error) => {
-                self.tally
-                    .orphaned_game_servers
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.orphaned_game_servers.add(1);
+                self.shared.metrics.assignment_failures.inc(&["rpc_error"]);
                 log::error!(
                     "AssignTickets for match {} failed: {error}; game server {} ({}) is orphaned: allocated, no players will come; tickets {:?}",
                     job.match_id,
@@ -468,15 +630,19 @@ impl Worker {
     fn release(&self, job: &MatchJob, budget: Duration) -> Outcome {
         let policy = RetryPolicy {
             budget,
-            ..self.settings.assign
+            ..self.shared.assign
         };
         match retry(
             policy,
-            &self.shutdown,
+            &self.shared.shutdown,
             |timeout| self.openmatch.release(&job.ticket_ids, timeout),
             |_, _| {},
         ) {
             Ok(()) => {
+                self.shared
+                    .metrics
+                    .tickets_released
+                    .add(job.ticket_ids.len() as u64);
                 log::info!(
                     "Released {} tickets of match {}",
                     job.ticket_ids.len(),

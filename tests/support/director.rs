@@ -62,6 +62,8 @@ impl DirectorEnv {
         set("ASSIGN_RETRY_BUDGET", "3s".into());
         set("SHUTDOWN_TIMEOUT", "5s".into());
         set("ALLOCATOR_THREADS", "4".into());
+        set("METRICS_ADDR", "127.0.0.1:0".into());
+        set("CERT_RELOAD_INTERVAL", "200ms".into());
         set("RUST_LOG", "info".into());
         DirectorEnv { vars, dir }
     }

@@ -1,0 +1,226 @@
+//! Liveness and readiness.
+//!
+//! *Live*: every fetcher and worker thread is running and has either made progress within its
+//! limit (its longest legitimate call chain plus a margin) or is waiting for work (the interval,
+//! an empty queue, a full queue). *Ready*: the latest FetchMatches of every profile succeeded, and
+//! at least one allocator channel is connected.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use grpcio::{Channel, ConnectivityState};
+
+/// One thread's signs of life.
+pub struct Heartbeat {
+    name: String,
+    limit: Duration,
+    origin: Instant,
+    last_progress_ms: AtomicU64,
+    waiting: AtomicBool,
+    exited: AtomicBool,
+}
+
+impl Heartbeat {
+    /// Notes that the thread made progress.
+    pub fn progress(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Runs `wait` (a wait for work of unbounded length) with the thread counted as waiting.
+    pub fn waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
+        self.waiting.store(true, Ordering::Relaxed);
+        let result = wait();
+        self.waiting.store(false, Ordering::Relaxed);
+        self.progress();
+        result
+    }
+
+    /// Notes that the thread ended.
+    pub fn exited(&self) {
+        self.exited.store(true, Ordering::Relaxed);
+    }
+
+    /// `None` when healthy, else what is wrong.
+    fn problem(&self, now: Duration, stopping: bool) -> Option<String> {
+        if self.exited.load(Ordering::Relaxed) {
+            return (!stopping).then(|| format!("thread {} has ended", self.name));
+        }
+        if self.waiting.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+        let quiet = now.saturating_sub(since);
+        (quiet > self.limit).then(|| {
+            format!(
+                "thread {} made no progress for {:.1}s (limit {:.1}s)",
+                self.name,
+                quiet.as_secs_f64(),
+                self.limit.as_secs_f64()
+            )
+        })
+    }
+}
+
+/// Health of the whole Director.
+pub struct Health {
+    origin: Instant,
+    heartbeats: Mutex<Vec<Arc<Heartbeat>>>,
+    last_fetch: Mutex<BTreeMap<String, Result<(), String>>>,
+    allocator_channels: Mutex<BTreeMap<usize, Channel>>,
+    stopping: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new()
+    }
+}
+
+impl Health {
+    /// Nothing registered yet.
+    pub fn new() -> Health {
+        Health {
+            origin: Instant::now(),
+            heartbeats: Mutex::new(Vec::new()),
+            last_fetch: Mutex::new(BTreeMap::new()),
+            allocator_channels: Mutex::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// A heartbeat for a thread whose work between two signs of progress takes at most `limit`.
+    pub fn register(&self, name: &str, limit: Duration) -> Arc<Heartbeat> {
+        let heartbeat = Arc::new(Heartbeat {
+            name: name.to_string(),
+            limit,
+            origin: self.origin,
+            last_progress_ms: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+        });
+        heartbeat.progress();
+        lock(&self.heartbeats).push(Arc::clone(&heartbeat));
+        heartbeat
+    }
+
+    /// Records how the latest FetchMatches of `profile` ended.
+    pub fn fetch_finished(&self, profile: &str, result: Result<(), String>) {
+        lock(&self.last_fetch).insert(profile.to_string(), result);
+    }
+
+    /// Records the allocator channel worker `index` uses now.
+    pub fn allocator_channel(&self, index: usize, channel: Channel) {
+        lock(&self.allocator_channels).insert(index, channel);
+    }
+
+    /// From now on, ended threads are expected.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Liveness: `Ok` with a summary, or `Err` with every problem.
+    pub fn liveness(&self) -> Result<String, String> {
+        let now = self.origin.elapsed();
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        let heartbeats = lock(&self.heartbeats);
+        let problems: Vec<String> = heartbeats
+            .iter()
+            .filter_map(|h| h.problem(now, stopping))
+            .collect();
+        if problems.is_empty() {
+            Ok(format!("ok: {} threads alive\n", heartbeats.len()))
+        } else {
+            Err(problems.join("\n") + "\n")
+        }
+    }
+
+    /// Readiness: `Ok` with a summary, or `Err` with every problem.
+    pub fn readiness(&self) -> Result<String, String> {
+        let mut problems = Vec::new();
+        let last_fetch = lock(&self.last_fetch);
+        if last_fetch.is_empty() {
+            problems.push("no FetchMatches has finished yet".to_string());
+        }
+        for (profile, result) in last_fetch.iter() {
+            if let Err(error) = result {
+                problems.push(format!("last FetchMatches for {profile} failed: {error}"));
+            }
+        }
+        let channels = lock(&self.allocator_channels);
+        let states: Vec<ConnectivityState> = channels
+            .values()
+            .map(|c| c.check_connectivity_state(true))
+            .collect();
+        let connected = states
+            .iter()
+            .filter(|s| **s == ConnectivityState::GRPC_CHANNEL_READY)
+            .count();
+        if connected == 0 {
+            problems.push(format!(
+                "no allocator connection is ready ({} channels: {states:?})",
+                states.len()
+            ));
+        }
+        if problems.is_empty() {
+            Ok(format!(
+                "ok: {} profiles fetched, {connected}/{} allocator connections ready\n",
+                last_fetch.len(),
+                states.len()
+            ))
+        } else {
+            Err(problems.join("\n") + "\n")
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_threads_are_live_and_quiet_busy_ones_are_not() {
+        let health = Health::new();
+        let quick = health.register("quick", Duration::ZERO);
+        let patient = health.register("patient", Duration::from_secs(60));
+        patient.progress();
+        quick.waiting(|| ());
+        std::thread::sleep(Duration::from_millis(5));
+        let problem = health.liveness().unwrap_err();
+        assert!(
+            problem.contains("thread quick made no progress"),
+            "{problem}"
+        );
+        assert!(!problem.contains("patient"));
+        quick.waiting(|| assert!(health.liveness().is_ok()));
+    }
+
+    #[test]
+    fn ended_threads_are_dead_unless_stopping() {
+        let health = Health::new();
+        health.register("worker", Duration::from_secs(60)).exited();
+        assert_eq!(health.liveness().unwrap_err(), "thread worker has ended\n");
+        health.stopping();
+        assert!(health.liveness().is_ok());
+    }
+
+    #[test]
+    fn not_ready_until_fetches_succeed() {
+        let health = Health::new();
+        assert!(health
+            .readiness()
+            .unwrap_err()
+            .contains("no FetchMatches has finished yet"));
+        health.fetch_finished("p", Err("UNAVAILABLE: down".into()));
+        assert!(health
+            .readiness()
+            .unwrap_err()
+            .contains("last FetchMatches for p failed: UNAVAILABLE: down"));
+    }
+}

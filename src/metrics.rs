@@ -1,0 +1,397 @@
+//! Prometheus metrics: counters, gauges and histograms kept with atomics and small maps, rendered
+//! in the text exposition format 0.0.4. Every name starts with `director_`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// A counter family with labels; one series per distinct label values.
+pub struct CounterVec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    series: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl CounterVec {
+    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        CounterVec {
+            name,
+            help,
+            labels,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Adds `by` to the series with these label values (in the order of the family's labels).
+    pub fn add(&self, values: &[&str], by: u64) {
+        let key = values.iter().map(|v| v.to_string()).collect();
+        *self
+            .series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert(0) += by;
+    }
+
+    /// Adds one.
+    pub fn inc(&self, values: &[&str]) {
+        self.add(values, 1);
+    }
+
+    /// The sum over all series.
+    pub fn sum(&self) -> u64 {
+        self.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+
+    /// The value of one series (0 if it does not exist yet).
+    pub fn get(&self, values: &[&str]) -> u64 {
+        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        self.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, kind: &str) {
+        header(out, self.name, self.help, kind);
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        for (values, count) in series.iter() {
+            let _ = writeln!(
+                out,
+                "{}{} {count}",
+                self.name,
+                label_set(self.labels, values)
+            );
+        }
+    }
+}
+
+/// A counter without labels.
+pub struct Counter {
+    name: &'static str,
+    help: &'static str,
+    value: AtomicU64,
+}
+
+impl Counter {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Counter {
+            name,
+            help,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `by`.
+    pub fn add(&self, by: u64) {
+        self.value.fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "counter");
+        let _ = writeln!(out, "{} {}", self.name, self.get());
+    }
+}
+
+/// Upper bounds of the latency histograms, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A histogram of durations in seconds.
+pub struct Histogram {
+    name: &'static str,
+    help: &'static str,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Histogram {
+            name,
+            help,
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// How many observations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        header(out, self.name, self.help, "histogram");
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "{}_bucket{{le=\"{bound}\"}} {}",
+                self.name,
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {count}", self.name);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{}_sum {sum}", self.name);
+        let _ = writeln!(out, "{}_count {count}", self.name);
+    }
+}
+
+/// Everything the Director measures.
+pub struct Metrics {
+    /// Matches received from FetchMatches, by profile.
+    pub matches_fetched: CounterVec,
+    /// Matches without tickets, skipped.
+    pub empty_matches: Counter,
+    /// Failed FetchMatches calls, by profile and gRPC code.
+    pub fetch_errors: CounterVec,
+    /// Allocate attempts, by region and result (`ok` or the gRPC code).
+    pub allocations: CounterVec,
+    /// Duration of Allocate attempts.
+    pub allocation_duration: Histogram,
+    /// How matches ended, by outcome (`assigned`, `released`, `abandoned`).
+    pub matches_finished: CounterVec,
+    /// Tickets that got an assignment.
+    pub tickets_assigned: Counter,
+    /// Tickets returned to the pool.
+    pub tickets_released: Counter,
+    /// Tickets or matches that could not be assigned, by cause.
+    pub assignment_failures: CounterVec,
+    /// Game servers allocated but left without players.
+    pub orphaned_game_servers: Counter,
+    /// Time from a match coming off the stream to its tickets being assigned.
+    pub match_to_assignment: Histogram,
+    /// Certificate reloads, by endpoint and result.
+    pub certificate_reloads: CounterVec,
+    /// Not-after time of each certificate file (Unix seconds), by file.
+    certificate_expiry: Mutex<BTreeMap<String, i64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// All metrics at zero.
+    pub const fn new() -> Metrics {
+        Metrics {
+            matches_fetched: CounterVec::new(
+                "director_matches_fetched_total",
+                "Matches with tickets received from Open Match FetchMatches.",
+                &["profile"],
+            ),
+            empty_matches: Counter::new(
+                "director_empty_matches_total",
+                "Matches without tickets, skipped.",
+            ),
+            fetch_errors: CounterVec::new(
+                "director_fetch_errors_total",
+                "FetchMatches calls that failed.",
+                &["profile", "code"],
+            ),
+            allocations: CounterVec::new(
+                "director_allocations_total",
+                "Agones Allocate attempts, by result (ok or the gRPC status code).",
+                &["region", "result"],
+            ),
+            allocation_duration: Histogram::new(
+                "director_allocation_duration_seconds",
+                "Duration of Agones Allocate attempts.",
+            ),
+            matches_finished: CounterVec::new(
+                "director_matches_total",
+                "Matches handled, by outcome: assigned, released, or abandoned to Open Match's pending-release timeout.",
+                &["outcome"],
+            ),
+            tickets_assigned: Counter::new(
+                "director_tickets_assigned_total",
+                "Tickets assigned a game server connection.",
+            ),
+            tickets_released: Counter::new(
+                "director_tickets_released_total",
+                "Tickets returned to the Open Match pool with ReleaseTickets.",
+            ),
+            assignment_failures: CounterVec::new(
+                "director_assignment_failures_total",
+                "Tickets AssignTickets reported as not assigned (ticket_not_found, unknown), and AssignTickets calls that failed (rpc_error).",
+                &["cause"],
+            ),
+            orphaned_game_servers: Counter::new(
+                "director_orphaned_game_servers_total",
+                "Game servers allocated whose tickets could not be assigned, or whose response was unusable.",
+            ),
+            match_to_assignment: Histogram::new(
+                "director_match_to_assignment_seconds",
+                "Time from a match arriving on the FetchMatches stream to its tickets being assigned.",
+            ),
+            certificate_reloads: CounterVec::new(
+                "director_certificate_reloads_total",
+                "Certificate reloads after a file changed, by endpoint and result.",
+                &["endpoint", "result"],
+            ),
+            certificate_expiry: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records the not-after time of a certificate file.
+    pub fn set_certificate_expiry(&self, file: &str, not_after: i64) {
+        self.certificate_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(file.to_string(), not_after);
+    }
+
+    /// The whole exposition, with the queue depth sampled by the caller.
+    pub fn render(&self, queue_depth: usize) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        header(
+            &mut out,
+            "director_build_info",
+            "Build information; the value is always 1.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "director_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        self.matches_fetched.render(&mut out, "counter");
+        self.empty_matches.render(&mut out);
+        self.fetch_errors.render(&mut out, "counter");
+        self.allocations.render(&mut out, "counter");
+        self.allocation_duration.render(&mut out);
+        self.matches_finished.render(&mut out, "counter");
+        self.tickets_assigned.render(&mut out);
+        self.tickets_released.render(&mut out);
+        self.assignment_failures.render(&mut out, "counter");
+        self.orphaned_game_servers.render(&mut out);
+        self.match_to_assignment.render(&mut out);
+        self.certificate_reloads.render(&mut out, "counter");
+        header(
+            &mut out,
+            "director_queue_depth",
+            "Matches waiting in the queue for an allocator worker.",
+            "gauge",
+        );
+        let _ = writeln!(out, "director_queue_depth {queue_depth}");
+        header(
+            &mut out,
+            "director_certificate_expiry_timestamp_seconds",
+            "Not-after time of each certificate file, Unix seconds.",
+            "gauge",
+        );
+        let expiry = self
+            .certificate_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (file, not_after) in expiry.iter() {
+            let _ = writeln!(
+                out,
+                "director_certificate_expiry_timestamp_seconds{{file=\"{}\"}} {not_after}",
+                escape(file)
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn label_set(names: &[&str], values: &[String]) -> String {
+    let pairs: Vec<String> = names
+        .iter()
+        .zip(values)
+        .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+        .collect();
+    format!("{{{}}}", pairs.join(","))
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let metrics = Metrics::new();
+        metrics
+            .fetch_errors
+            .inc(&["latency-eu-0-24", "UNAVAILABLE"]);
+        metrics
+            .fetch_errors
+            .add(&["latency-eu-0-24", "UNAVAILABLE"], 2);
+        metrics.tickets_assigned.add(4);
+        metrics.set_certificate_expiry("/etc/a \"b\"", 1_700_000_000);
+        let text = metrics.render(3);
+        assert!(text.contains(
+            "director_fetch_errors_total{profile=\"latency-eu-0-24\",code=\"UNAVAILABLE\"} 3\n"
+        ));
+        assert!(text.contains(
+            "# TYPE director_tickets_assigned_total counter\ndirector_tickets_assigned_total 4\n"
+        ));
+        assert!(text.contains("director_queue_depth 3\n"));
+        assert!(text.contains(
+            "director_certificate_expiry_timestamp_seconds{file=\"/etc/a \\\"b\\\"\"} 1700000000\n"
+        ));
+        assert!(text.contains("director_build_info{version=\""));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let metrics = Metrics::new();
+        metrics
+            .allocation_duration
+            .observe(Duration::from_millis(3));
+        metrics.allocation_duration.observe(Duration::from_secs(2));
+        let text = metrics.render(0);
+        assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"2.5\"} 2\n"));
+        assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("director_allocation_duration_seconds_sum 2.003\n"));
+        assert!(text.contains("director_allocation_duration_seconds_count 2\n"));
+    }
+}
