@@ -125,6 +125,13 @@ impl FakeAllocator {
         }
     }
 
+    /// Serves again on the same port with the same state, and new TLS material.
+    pub fn restart_with(&mut self, tls: ServerTls) {
+        self.stop();
+        self.tls = tls;
+        self.restart();
+    }
+
     /// Serves again on the same port, with the same state.
     pub fn restart(&mut self) {
         let (server, port) = serve(&self.state, &self.tls, self.port);

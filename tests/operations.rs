@@ -1,0 +1,309 @@
+//! Operations, end to end: /metrics against what the doubles saw, the probes, certificate rotation
+//! through a Kubernetes-style `..data` symlink swap, and the HTTP listener under abuse.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use grpcio::RpcStatusCode;
+use support::agones::Reply;
+use support::certs::{TestCa, Usage};
+use support::director::{wait_until, Director};
+use support::tls::ServerTls;
+use support::world::{stop, World, WAIT};
+
+/// The address of the Director's operations listener, from its start-up log.
+fn operations_address(director: &Director) -> SocketAddr {
+    director.wait_for_log("Serving /metrics", WAIT);
+    let line = director.lines_with("Serving /metrics").remove(0);
+    line.rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// GETs `path`; returns the status code and the body.
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: director\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_what_the_doubles_saw() {
+    let world = World::new();
+    world
+        .allocator
+        .state()
+        .script
+        .extend([Reply::Fail(RpcStatusCode::RESOURCE_EXHAUSTED); 2]);
+    let east1 = world.players("us-east-1", 8);
+    let east2 = world.players("us-east-2", 4);
+    let director = world.env.start();
+    let address = operations_address(&director);
+    wait_until(WAIT, "all tickets assigned", || {
+        world.all_assigned(&east1) && world.all_assigned(&east2)
+    });
+    wait_until(WAIT, "the third match counted", || {
+        let (_, metrics) = get(address, "/metrics");
+        metrics.contains("director_matches_total{outcome=\"assigned\"} 3\n")
+    });
+    let (status, metrics) = get(address, "/metrics");
+    assert_eq!(status, 200);
+    let attempts = world.allocator.state().requests.len() as f64;
+    assert_eq!(attempts, 5.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "director_matches_fetched_total{profile=\"latency-us-east-1-0-49\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "director_matches_fetched_total{profile=\"latency-us-east-2-0-49\"}"
+        ),
+        1.0
+    );
+    let ok = sample(
+        &metrics,
+        "director_allocations_total{region=\"us-east-1\",result=\"ok\"}",
+    ) + sample(
+        &metrics,
+        "director_allocations_total{region=\"us-east-2\",result=\"ok\"}",
+    );
+    assert_eq!(ok, 3.0);
+    let exhausted: f64 = ["us-east-1", "us-east-2"]
+        .iter()
+        .filter_map(|region| {
+            let series = format!(
+                "director_allocations_total{{region=\"{region}\",result=\"RESOURCE_EXHAUSTED\"}} "
+            );
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+        })
+        .sum();
+    assert_eq!(exhausted, 2.0);
+    assert_eq!(
+        sample(&metrics, "director_allocation_duration_seconds_count"),
+        attempts
+    );
+    assert_eq!(
+        sample(&metrics, "director_tickets_assigned_total"),
+        world.om.state().assigned() as f64
+    );
+    assert_eq!(sample(&metrics, "director_tickets_released_total"), 0.0);
+    assert_eq!(
+        sample(&metrics, "director_match_to_assignment_seconds_count"),
+        3.0
+    );
+    assert_eq!(sample(&metrics, "director_queue_depth"), 0.0);
+    assert_eq!(
+        sample(&metrics, "director_orphaned_game_servers_total"),
+        0.0
+    );
+    let cert = world.env.vars["AGONES_CLIENT_CERT"].clone();
+    let expiry = sample(
+        &metrics,
+        &format!("director_certificate_expiry_timestamp_seconds{{file=\"{cert}\"}}"),
+    );
+    assert!(expiry > 1.7e9, "{expiry}");
+    assert!(metrics.contains("# TYPE director_allocation_duration_seconds histogram\n"));
+    assert!(metrics.contains("director_build_info{version=\""));
+    stop(director);
+}
+
+#[test]
+fn readiness_follows_the_allocator_and_liveness_stays_ok() {
+    let mut world = World::new();
+    let director = world.env.start();
+    let address = operations_address(&director);
+    wait_until(WAIT, "ready", || get(address, "/readyz").0 == 200);
+    assert_eq!(get(address, "/healthz").0, 200);
+
+    world.allocator.stop();
+    wait_until(WAIT, "not ready while the allocator is down", || {
+        let (status, body) = get(address, "/readyz");
+        status == 503 && body.contains("no allocator connection is ready")
+    });
+    assert_eq!(
+        get(address, "/healthz"),
+        (200, "ok: 8 threads alive\n".to_string())
+    );
+
+    world.allocator.restart();
+    wait_until(WAIT, "ready again", || get(address, "/readyz").0 == 200);
+    assert_eq!(get(address, "/healthz").0, 200);
+    assert_eq!(get(address, "/nope").0, 404);
+    stop(director);
+}
+
+/// A Kubernetes-style secret volume: `name -> ..data/name`, `..data -> ..<version>/`.
+struct SecretVolume<'a> {
+    dir: &'a Path,
+    version: usize,
+}
+
+impl SecretVolume<'_> {
+    /// Writes a new version of the files and swaps `..data` to it atomically.
+    fn publish(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        for (name, contents) in files {
+            std::fs::write(self.dir.join(&version).join(name), contents).unwrap();
+            let link = self.dir.join(name);
+            if !link.exists() {
+                symlink(format!("..data/{name}"), link).unwrap();
+            }
+        }
+        symlink(&version, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+    }
+}
+
+#[test]
+fn client_certificate_rotates_through_a_symlink_swap_without_losing_a_match() {
+    let mut world = World::new();
+    let old_ca = TestCa::new("allocator-client-ca old");
+    let new_ca = TestCa::new("allocator-client-ca new");
+    let server_ca = TestCa::new("allocator-tls-ca");
+    let server = server_ca.issue(&["127.0.0.1"], Usage::Server);
+    world.allocator.restart_with(ServerTls {
+        client_ca_pem: Some(old_ca.pem() + &new_ca.pem()),
+        server: server.clone(),
+    });
+    let volume_dir = world.env.dir.path().join("agones-tls");
+    std::fs::create_dir(&volume_dir).unwrap();
+    let mut volume = SecretVolume {
+        dir: &volume_dir,
+        version: 0,
+    };
+    let old = old_ca.issue(&["director"], Usage::Client);
+    let server_ca_pem = server_ca.pem();
+    volume.publish(&[
+        ("ca.crt", &server_ca_pem),
+        ("tls.crt", &old.cert_pem),
+        ("tls.key", &old.key_pem),
+    ]);
+    for (var, name) in [
+        ("AGONES_CA_CERT", "ca.crt"),
+        ("AGONES_CLIENT_CERT", "tls.crt"),
+        ("AGONES_CLIENT_KEY", "tls.key"),
+    ] {
+        world
+            .env
+            .set(var, volume_dir.join(name).display().to_string());
+    }
+    let director = world.env.start();
+    let address = operations_address(&director);
+    let before = world.players("us-east-1", 4);
+    wait_until(WAIT, "tickets assigned with the old certificate", || {
+        world.all_assigned(&before)
+    });
+
+    let new = new_ca.issue(&["director"], Usage::Client);
+    volume.publish(&[
+        ("ca.crt", &server_ca_pem),
+        ("tls.crt", &new.cert_pem),
+        ("tls.key", &new.key_pem),
+    ]);
+    director.wait_for_log("Reloaded the agones TLS material", WAIT);
+    world.allocator.restart_with(ServerTls {
+        client_ca_pem: Some(new_ca.pem()),
+        server: server.clone(),
+    });
+    let after = world.players("us-east-2", 8);
+    wait_until(WAIT, "tickets assigned with the new certificate", || {
+        world.all_assigned(&after)
+    });
+
+    let mismatched = new_ca.issue(&["director"], Usage::Client);
+    volume.publish(&[
+        ("ca.crt", &server_ca_pem),
+        ("tls.crt", &mismatched.cert_pem),
+        ("tls.key", &new.key_pem),
+    ]);
+    director.wait_for_log("Rejected new agones TLS material", WAIT);
+    let rejected = director
+        .lines_with("Rejected new agones TLS material")
+        .remove(0);
+    assert!(
+        rejected.contains("tls.key does not match the certificate"),
+        "{rejected}"
+    );
+    let last = world.players("us-east-1", 4);
+    wait_until(WAIT, "tickets assigned with the kept certificate", || {
+        world.all_assigned(&last)
+    });
+
+    assert!(
+        world.om.state().releases.is_empty(),
+        "no match failed because of a switch"
+    );
+    let (_, metrics) = get(address, "/metrics");
+    assert_eq!(
+        sample(
+            &metrics,
+            "director_certificate_reloads_total{endpoint=\"agones\",result=\"success\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "director_certificate_reloads_total{endpoint=\"agones\",result=\"failure\"}"
+        ),
+        1.0
+    );
+    stop(director);
+}
+
+#[test]
+fn abusive_http_clients_affect_neither_matchmaking_nor_probes() {
+    let world = World::new();
+    let director = world.env.start();
+    let address = operations_address(&director);
+    let silent = TcpStream::connect(address).unwrap();
+    let mut garbage = TcpStream::connect(address).unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    garbage.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let mut oversized = TcpStream::connect(address).unwrap();
+    let mut header = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
+    header.resize(1024 * 1024, b'x');
+    let _ = oversized.write_all(&header);
+
+    let tickets = world.players("us-east-1", 8);
+    wait_until(WAIT, "tickets assigned meanwhile", || {
+        world.all_assigned(&tickets)
+    });
+    assert_eq!(get(address, "/healthz").0, 200);
+    wait_until(WAIT, "ready meanwhile", || get(address, "/readyz").0 == 200);
+    drop((silent, oversized));
+    stop(director);
+}
