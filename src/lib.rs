@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod allocator;
+pub mod check;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -10,9 +10,11 @@ use agones_openmatch_director::shutdown::Shutdown;
 /// Exit code for a configuration the Director cannot run with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-const USAGE: &str = "usage: director [--help | --version]
+const USAGE: &str = "usage: director [check | --help | --version]
 Fetches matches from Open Match, allocates a game server for each from the Agones allocator,
-and assigns it to the match's tickets. Configured by environment variables (see README.md).";
+and assigns it to the match's tickets. Configured by environment variables (see README.md).
+  check   validate the configuration, try the TLS handshake with the Agones allocator and a call
+          to the Open Match backend, explain what is wrong; exit 0 when usable, 1 when not";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         .as_slice()
     {
         [] => run(),
+        ["check"] => check(),
         ["--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -38,14 +41,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration, or the report of every problem in it.
+fn load_config() -> Result<Config, ExitCode> {
+    Config::from_env().map_err(|errors| {
+        eprint!("director: {errors}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn check() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let report = agones_openmatch_director::check::run(&config);
+    print!("{}", report.text);
+    if report.usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn run() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Config::from_env() {
+    let config = match load_config() {
         Ok(config) => config,
-        Err(errors) => {
-            eprint!("director: {errors}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(code) => return code,
     };
     config.warnings.iter().for_each(|w| log::warn!("{w}"));
     let profiles = build_profiles(&config.profiles);

@@ -43,9 +43,27 @@ impl TestCa {
 
     /// A leaf certificate for `names` (DNS names or IP addresses).
     pub fn issue(&self, names: &[&str], usage: Usage) -> Issued {
+        self.issue_with(names, usage, |_| {})
+    }
+
+    /// A leaf certificate that expired on 2020-01-01.
+    pub fn issue_expired(&self, names: &[&str], usage: Usage) -> Issued {
+        self.issue_with(names, usage, |params| {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        usage: Usage,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Issued {
         let key = KeyPair::generate().expect("leaf key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
+        adjust(&mut params);
         params
             .distinguished_name
             .push(DnType::CommonName, "agones-openmatch-director test");

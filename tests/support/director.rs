@@ -79,6 +79,20 @@ impl DirectorEnv {
         Director::spawn(command)
     }
 
+    /// Runs `director check`; returns its exit code and standard output.
+    pub fn check(&self) -> (Option<i32>, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_director"))
+            .arg("check")
+            .env_clear()
+            .envs(&self.vars)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run director check");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), stdout)
+    }
+
     /// Runs `image` with Docker on the host network, the certificate directory mounted read-only
     /// at the default path /etc/director/agones-tls (the AGONES_* file variables are left unset).
     pub fn start_image(&self, image: &str) -> Director {

@@ -12,6 +12,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The doubles and the Director's environment, wired together.
 pub struct World {
+    pub pki: AgonesPki,
     pub om: FakeOpenMatch,
     pub allocator: FakeAllocator,
     pub env: DirectorEnv,
@@ -28,7 +29,12 @@ impl World {
         let pki = AgonesPki::new();
         let allocator = FakeAllocator::start(pki.server_tls(allocator_names));
         let env = DirectorEnv::new(om.port, allocator.port, &pki);
-        World { om, allocator, env }
+        World {
+            pki,
+            om,
+            allocator,
+            env,
+        }
     }
 
     /// Adds `count` players close to `region` (latency 10: the 0-49 band).

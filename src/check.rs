@@ -1,0 +1,487 @@
+//! `director check`: a preflight that explains, in plain words, whether the configuration can work.
+//!
+//! It validates the configuration, reports every certificate's validity, then performs the TLS
+//! handshake with the Agones allocator itself (rustls on a plain TCP connection, not gRPC) to tell
+//! *why* mTLS fails when it does: unknown issuer, expired, not valid for the dialled name (with the
+//! names the certificate is valid for), or our client certificate rejected — with TLS 1.3 that
+//! rejection only arrives as an alert after the handshake, so the check sends the HTTP/2 preface and
+//! reads the answer. Finally it makes one harmless call to the Open Match backend.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use grpcio::EnvBuilder;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
+    SignatureScheme,
+};
+
+use crate::config::{Config, Endpoint};
+use crate::openmatch::{self, OpenMatchClient};
+use crate::rotation::{unix_now, EXPIRY_WARNING};
+use crate::tls::{self, TlsMaterial};
+use crate::x509::{format_utc, CertSummary};
+
+/// How long each network step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The HTTP/2 client preface and an empty SETTINGS frame: what a gRPC client sends first.
+const HTTP2_PREFACE: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The report, and whether everything is usable.
+pub struct Report {
+    /// Human-readable lines.
+    pub text: String,
+    /// `true` when the Director can work with this configuration.
+    pub usable: bool,
+}
+
+/// Runs every check and writes the report.
+pub fn run(config: &Config) -> Report {
+    let mut report = Report {
+        text: String::new(),
+        usable: true,
+    };
+    report.line(&format!(
+        "Configuration: valid ({} regions × {} bands)",
+        config.profiles.regions.len(),
+        config.profiles.bands.len()
+    ));
+    report.certificates("AGONES", &config.agones.tls);
+    if let Some(material) = &config.openmatch.tls {
+        report.certificates("OPENMATCH", material);
+    }
+    let agones = &config.agones;
+    let name = agones
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| agones.allocator.host.clone());
+    report.line(&format!(
+        "Agones allocator {} (certificate checked for the name {name:?}):",
+        agones.allocator
+    ));
+    report.handshake(&agones.allocator, &name, &agones.tls, "AGONES");
+    let om = &config.openmatch;
+    report.line(&format!("Open Match backend {}:", om.backend));
+    if let Some(material) = &om.tls {
+        report.handshake(&om.backend, &om.backend.host, material, "OPENMATCH");
+    }
+    report.openmatch_answers(config);
+    report.line(if report.usable {
+        "Result: everything is usable."
+    } else {
+        "Result: NOT usable — see the lines marked FAIL."
+    });
+    report
+}
+
+impl Report {
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.text, "{text}");
+    }
+
+    fn ok(&mut self, text: &str) {
+        self.line(&format!("  ok    {text}"));
+    }
+
+    fn warn(&mut self, text: &str) {
+        self.line(&format!("  WARN  {text}"));
+    }
+
+    fn fail(&mut self, text: &str) {
+        self.usable = false;
+        self.line(&format!("  FAIL  {text}"));
+    }
+
+    /// Validity of every certificate file of `material`; an expired one fails the check.
+    fn certificates(&mut self, prefix: &str, material: &TlsMaterial) {
+        self.line(&format!("{prefix} certificates:"));
+        let mut files = vec![(format!("{prefix}_CA_CERT"), &material.ca)];
+        if let Some(identity) = &material.identity {
+            files.push((format!("{prefix}_CLIENT_CERT"), &identity.cert_chain));
+        }
+        for (var, file) in files {
+            let Ok(certificates) = tls::parse_certificates(&file.path, &file.pem) else {
+                continue;
+            };
+            for (index, (_, summary)) in certificates.iter().enumerate() {
+                let what = format!("{var} {} #{}", file.path.display(), index + 1);
+                self.validity(&what, summary);
+            }
+        }
+    }
+
+    fn validity(&mut self, what: &str, summary: &CertSummary) {
+        let now = unix_now();
+        let period = format!(
+            "valid from {} until {}",
+            format_utc(summary.not_before),
+            format_utc(summary.not_after)
+        );
+        if summary.not_after < now {
+            self.fail(&format!("{what}: EXPIRED — {period}"));
+        } else if summary.not_before > now {
+            self.fail(&format!("{what}: not valid yet — {period}"));
+        } else if summary.not_after - now < EXPIRY_WARNING.as_secs() as i64 {
+            self.warn(&format!("{what}: expires within 7 days — {period}"));
+        } else {
+            self.ok(&format!("{what}: {period}"));
+        }
+    }
+
+    /// Connects, performs the TLS handshake, and (for mTLS) finds out whether the server accepted
+    /// our client certificate.
+    fn handshake(&mut self, endpoint: &Endpoint, name: &str, material: &TlsMaterial, prefix: &str) {
+        let mut tcp = match connect(endpoint) {
+            Ok(tcp) => tcp,
+            Err(problem) => return self.fail(&problem),
+        };
+        self.ok(&format!("TCP connection to {endpoint}"));
+        let probe = match Probe::new(material, name) {
+            Ok(probe) => probe,
+            Err(problem) => return self.fail(&problem),
+        };
+        let mut connection =
+            match ClientConnection::new(Arc::clone(&probe.config), probe.name.clone()) {
+                Ok(connection) => connection,
+                Err(error) => return self.fail(&format!("cannot start TLS: {error}")),
+            };
+        let handshake = complete_handshake(&mut connection, &mut tcp);
+        self.server_certificate(&probe, name, prefix, handshake.as_ref().err());
+        match handshake {
+            Ok(()) => {}
+            Err(rustls::Error::InvalidCertificate(_)) => return,
+            Err(error) if probe.client_certificate_requested() => {
+                return self.fail(&client_rejection(&error))
+            }
+            Err(error) => return self.fail(&format!("TLS handshake failed: {error}")),
+        }
+        let version = connection
+            .protocol_version()
+            .map_or("TLS".to_string(), |v| format!("{v:?}"));
+        self.ok(&format!("{version} handshake completed"));
+        match (material.identity.is_some(), probe.client_certificate_requested()) {
+            (_, false) => self.warn("the server did not ask for a client certificate"),
+            (false, true) => self.fail(&format!(
+                "the server asks for a client certificate: set {prefix}_CLIENT_CERT and {prefix}_CLIENT_KEY"
+            )),
+            (true, true) => match first_answer(&mut connection, &mut tcp) {
+                Ok(()) => self.ok("the server asked for our client certificate and accepted it"),
+                Err(error) => self.fail(&client_rejection(&error)),
+            },
+        }
+    }
+
+    /// Reports the server's certificate: verified, or why not, with its names and dates.
+    fn server_certificate(
+        &mut self,
+        probe: &Probe,
+        name: &str,
+        prefix: &str,
+        error: Option<&rustls::Error>,
+    ) {
+        let chain = probe.verifier.presented();
+        let summary = chain
+            .first()
+            .and_then(|der| crate::x509::summarize(der).ok());
+        let names = summary
+            .as_ref()
+            .map_or_else(|| "(unreadable)".to_string(), |s| s.names().join(", "));
+        match error {
+            Some(rustls::Error::InvalidCertificate(problem)) => {
+                self.fail(&certificate_problem(problem, name, &names, prefix));
+            }
+            _ if chain.is_empty() => {}
+            _ => self.ok(&format!(
+                "server certificate verified against {prefix}_CA_CERT; valid for: {names}"
+            )),
+        }
+        if let Some(summary) = summary {
+            self.validity("server certificate", &summary);
+        }
+    }
+
+    /// One ReleaseTickets call with no tickets: harmless, and proves the backend answers.
+    fn openmatch_answers(&mut self, config: &Config) {
+        let om = &config.openmatch;
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        let channel = openmatch::connect(env, &om.backend, om.tls.as_ref());
+        let client = OpenMatchClient::new(channel, &om.match_function);
+        match client.release(&[], STEP_TIMEOUT) {
+            Ok(()) => self.ok("the backend answers (ReleaseTickets with no tickets: OK)"),
+            Err(error) => self.fail(&format!("the backend does not answer: {error}")),
+        }
+    }
+}
+
+fn connect(endpoint: &Endpoint) -> Result<TcpStream, String> {
+    let target = endpoint.target();
+    let addresses: Vec<_> = (endpoint.host.as_str(), endpoint.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", endpoint.host))?
+        .collect();
+    let mut last_error = format!("{} resolves to no address", endpoint.host);
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, STEP_TIMEOUT) {
+            Ok(tcp) => {
+                let _ = tcp.set_read_timeout(Some(STEP_TIMEOUT));
+                let _ = tcp.set_write_timeout(Some(STEP_TIMEOUT));
+                return Ok(tcp);
+            }
+            Err(e) => last_error = format!("cannot connect to {target} ({address}): {e}"),
+        }
+    }
+    Err(last_error)
+}
+
+fn complete_handshake(
+    connection: &mut ClientConnection,
+    tcp: &mut TcpStream,
+) -> Result<(), rustls::Error> {
+    while connection.is_handshaking() {
+        connection.complete_io(tcp).map_err(tls_error)?;
+    }
+    Ok(())
+}
+
+/// Sends the HTTP/2 preface and waits for the server's first bytes (its SETTINGS) — or the alert
+/// by which a TLS 1.3 server rejects the client certificate.
+fn first_answer(
+    connection: &mut ClientConnection,
+    tcp: &mut TcpStream,
+) -> Result<(), rustls::Error> {
+    connection
+        .writer()
+        .write_all(HTTP2_PREFACE)
+        .map_err(tls_error)?;
+    let mut buffer = [0u8; 256];
+    loop {
+        connection.complete_io(tcp).map_err(tls_error)?;
+        match connection.reader().read(&mut buffer) {
+            Ok(0) => {
+                return Err(rustls::Error::General(
+                    "the server closed the connection".into(),
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(tls_error(e)),
+        }
+    }
+}
+
+/// The rustls error inside an I/O error, or the I/O error as text.
+fn tls_error(error: std::io::Error) -> rustls::Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(inner) => inner.clone(),
+        None => rustls::Error::General(error.to_string()),
+    }
+}
+
+fn client_rejection(error: &rustls::Error) -> String {
+    let how = match error {
+        rustls::Error::AlertReceived(alert) => format!("alert {alert:?}"),
+        _ => "it closed the connection right after the handshake".to_string(),
+    };
+    format!(
+        "the server rejected our client certificate ({how}): it must chain to a CA the server trusts (for Agones, the secret allocator-client-ca), be within its validity period, and allow client authentication"
+    )
+}
+
+fn certificate_problem(
+    problem: &CertificateError,
+    name: &str,
+    names: &str,
+    prefix: &str,
+) -> String {
+    match problem {
+        CertificateError::UnknownIssuer => format!(
+            "the server's certificate is not signed by a CA in {prefix}_CA_CERT (unknown issuer); it is valid for: {names}"
+        ),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "the server's certificate has expired".to_string()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "the server's certificate is not valid yet".to_string()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            let suggestion = if prefix == "AGONES" {
+                "; set AGONES_TLS_SERVER_NAME to one of them"
+            } else {
+                ""
+            };
+            format!(
+                "the server's certificate is not valid for the name {name:?}; it is valid for: {names}{suggestion}"
+            )
+        }
+        other => format!("the server's certificate was rejected: {other:?}"),
+    }
+}
+
+/// A rustls client set up like the Director's gRPC client, recording what the server showed.
+struct Probe {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    verifier: Arc<RecordingVerifier>,
+    resolver: Option<Arc<RecordingResolver>>,
+}
+
+impl Probe {
+    fn new(material: &TlsMaterial, name: &str) -> Result<Probe, String> {
+        let provider = Arc::new(ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&material.ca.pem).flatten() {
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "{}: not a usable CA certificate: {e}",
+                    material.ca.path.display()
+                )
+            })?;
+        }
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
+        let verifier = Arc::new(RecordingVerifier {
+            inner,
+            presented: Mutex::new(Vec::new()),
+        });
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone());
+        let (mut config, resolver) = match &material.identity {
+            None => (builder.with_no_client_auth(), None),
+            Some(identity) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(&identity.cert_chain.pem)
+                        .flatten()
+                        .collect();
+                let key = PrivateKeyDer::from_pem_slice(identity.key.expose())
+                    .map_err(|e| format!("{}: {e}", identity.key_path.display()))?;
+                let key = provider
+                    .key_provider
+                    .load_private_key(key)
+                    .map_err(|e| format!("{}: {e}", identity.key_path.display()))?;
+                let resolver = Arc::new(RecordingResolver {
+                    key: Arc::new(CertifiedKey::new(chain, key)),
+                    asked: AtomicBool::new(false),
+                });
+                (
+                    builder.with_client_cert_resolver(resolver.clone()),
+                    Some(resolver),
+                )
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|_| format!("{name:?} is not a valid DNS name or IP address"))?;
+        Ok(Probe {
+            config: Arc::new(config),
+            name,
+            verifier,
+            resolver,
+        })
+    }
+
+    fn client_certificate_requested(&self) -> bool {
+        self.resolver
+            .as_ref()
+            .is_some_and(|r| r.asked.load(Ordering::SeqCst))
+    }
+}
+
+/// Verifies like rustls' WebPKI verifier, and keeps the chain the server presented.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    presented: Mutex<Vec<CertificateDer<'static>>>,
+}
+
+impl RecordingVerifier {
+    fn presented(&self) -> Vec<CertificateDer<'static>> {
+        self.presented
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self
+            .presented
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Offers our client certificate, and remembers whether the server asked for one.
+#[derive(Debug)]
+struct RecordingResolver {
+    key: Arc<CertifiedKey>,
+    asked: AtomicBool,
+}
+
+impl ResolvesClientCert for RecordingResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        Some(Arc::clone(&self.key))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

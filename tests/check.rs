@@ -1,0 +1,125 @@
+//! `director check` against the doubles: a good setup and each way mTLS to the allocator fails.
+
+mod support;
+
+use std::net::TcpListener;
+
+use support::certs::{TestCa, Usage};
+use support::openmatch::FakeOpenMatch;
+use support::world::World;
+
+fn assert_fails_with(world: &World, expected: &[&str]) -> String {
+    let (code, report) = world.env.check();
+    assert_eq!(code, Some(1), "{report}");
+    for text in expected {
+        assert!(report.contains(text), "missing {text:?} in:\n{report}");
+    }
+    assert!(report.contains("Result: NOT usable"));
+    report
+}
+
+#[test]
+fn good_setup_is_usable() {
+    let world = World::new();
+    let (code, report) = world.env.check();
+    assert_eq!(code, Some(0), "{report}");
+    for text in [
+        "Configuration: valid (2 regions × 2 bands)",
+        "ok    AGONES_CA_CERT ",
+        "ok    AGONES_CLIENT_CERT ",
+        "ok    TCP connection to 127.0.0.1:",
+        "ok    server certificate verified against AGONES_CA_CERT; valid for: localhost, 127.0.0.1",
+        "handshake completed",
+        "ok    the server asked for our client certificate and accepted it",
+        "ok    the backend answers",
+        "Result: everything is usable.",
+    ] {
+        assert!(report.contains(text), "missing {text:?} in:\n{report}");
+    }
+    assert!(
+        world.allocator.state().requests.is_empty(),
+        "the check allocates nothing"
+    );
+}
+
+#[test]
+fn wrong_ca_is_an_unknown_issuer() {
+    let world = World::new();
+    world
+        .env
+        .dir
+        .write("ca.crt", TestCa::new("some other CA").pem());
+    assert_fails_with(
+        &world,
+        &["FAIL  the server's certificate is not signed by a CA in AGONES_CA_CERT (unknown issuer); it is valid for: localhost, 127.0.0.1"],
+    );
+}
+
+#[test]
+fn server_certificate_without_the_dialled_name_names_its_names() {
+    let world = World::with(
+        FakeOpenMatch::start(),
+        &["agones-allocator.agones-system.svc", "allocator"],
+    );
+    let report = assert_fails_with(
+        &world,
+        &[
+            "the server's certificate is not valid for the name \"127.0.0.1\"",
+            "it is valid for: agones-allocator.agones-system.svc, allocator",
+            "set AGONES_TLS_SERVER_NAME to one of them",
+        ],
+    );
+    assert!(
+        !report.contains("rejected our client certificate"),
+        "{report}"
+    );
+}
+
+#[test]
+fn client_certificate_the_server_does_not_trust_is_rejected() {
+    let world = World::new();
+    let stranger = TestCa::new("not the allocator's client CA").issue(&["director"], Usage::Client);
+    world.env.dir.write("tls.crt", stranger.cert_pem);
+    world.env.dir.write("tls.key", stranger.key_pem);
+    assert_fails_with(
+        &world,
+        &["FAIL  the server rejected our client certificate"],
+    );
+}
+
+#[test]
+fn expired_client_certificate_is_reported() {
+    let pki_world = World::new();
+    let expired = pki_world
+        .pki
+        .client_ca
+        .issue_expired(&["director"], Usage::Client);
+    pki_world.env.dir.write("tls.crt", expired.cert_pem);
+    pki_world.env.dir.write("tls.key", expired.key_pem);
+    assert_fails_with(
+        &pki_world,
+        &[
+            "FAIL  AGONES_CLIENT_CERT ",
+            "EXPIRED — valid from 2019-01-01 00:00:00 UTC until 2020-01-01 00:00:00 UTC",
+            "FAIL  the server rejected our client certificate",
+        ],
+    );
+}
+
+#[test]
+fn unreachable_allocator_is_reported() {
+    let mut world = World::new();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    world.env.set("AGONES_ALLOCATOR_PORT", closed.to_string());
+    assert_fails_with(
+        &world,
+        &[
+            &format!("FAIL  cannot connect to 127.0.0.1:{closed}"),
+            "Connection refused",
+        ],
+    );
+}
