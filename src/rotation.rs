@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::select;
 
@@ -19,6 +19,8 @@ use crate::tls::{self, TlsMaterial};
 
 /// Certificates expiring sooner than this are warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often unchanged certificates are checked again for nearing expiry.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
 
 /// A value that can be replaced while threads use it; each replacement bumps the generation.
 pub struct Versioned<T> {
@@ -129,6 +131,7 @@ pub fn watch(
     shutdown: Arc<Shutdown>,
 ) -> std::io::Result<()> {
     let mut seen: Vec<Vec<Vec<u8>>> = endpoints.iter().map(|e| e.files.snapshot()).collect();
+    let mut expiry_checked = Instant::now();
     std::thread::Builder::new()
         .name("cert-watch".into())
         .spawn(move || loop {
@@ -141,6 +144,12 @@ pub fn watch(
                 if now != *last {
                     *last = now;
                     reload(endpoint, &metrics);
+                }
+            }
+            if expiry_checked.elapsed() >= EXPIRY_RECHECK {
+                expiry_checked = Instant::now();
+                for material in endpoints.iter().filter_map(|e| e.files.load().ok()) {
+                    record_expiry(&material, &metrics);
                 }
             }
         })?;
