@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION;
 use agones_openmatch_director::proto::allocation::{
@@ -40,17 +40,72 @@ pub struct Allocated {
     pub match_id: String,
 }
 
+/// A fleet of game servers per region: each is Ready, or Allocated until its session ends.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Game servers in each region.
+    pub per_region: usize,
+    /// How long a session keeps a game server Allocated.
+    pub session: Duration,
+    /// When each game server of a region was allocated (`None`: Ready).
+    servers: HashMap<String, Vec<Option<Instant>>>,
+}
+
+impl Fleet {
+    pub fn new(per_region: usize, session: Duration) -> Fleet {
+        Fleet {
+            per_region,
+            session,
+            servers: HashMap::new(),
+        }
+    }
+
+    /// Allocates a Ready game server of `region` (ended sessions make theirs Ready again).
+    fn allocate(&mut self, region: &str) -> Option<usize> {
+        let session = self.session;
+        let servers = self
+            .servers
+            .entry(region.to_string())
+            .or_insert_with(|| vec![None; self.per_region]);
+        let index = servers
+            .iter()
+            .position(|s| s.is_none_or(|since| since.elapsed() >= session))?;
+        servers[index] = Some(Instant::now());
+        Some(index)
+    }
+
+    /// Allocated game servers in all regions.
+    pub fn allocated(&self) -> usize {
+        self.servers
+            .values()
+            .flatten()
+            .filter(|s| s.is_some_and(|since| since.elapsed() < self.session))
+            .count()
+    }
+}
+
 /// Everything the double knows and saw.
 #[derive(Default, Debug)]
 pub struct AgonesState {
-    /// Every Allocate request received, in order.
+    /// Every Allocate request received, in order (when `keep_requests`).
     pub requests: Vec<AllocationRequest>,
+    /// Allocate requests received.
+    pub calls: usize,
     /// Every game server allocated.
     pub allocated: Vec<Allocated>,
     /// Replies for the next calls, in order; once empty, calls succeed.
     pub script: VecDeque<Reply>,
     /// Regions whose every call fails with the given code.
     pub failing_regions: HashMap<String, RpcStatusCode>,
+    /// A finite fleet (RESOURCE_EXHAUSTED when no game server is Ready); `None`: unlimited.
+    pub fleet: Option<Fleet>,
+    /// Time every answer takes.
+    pub latency: Duration,
+    /// Share of calls that fail with UNAVAILABLE.
+    pub error_rate: f64,
+    /// Whether to record every request (tests) or only count them (long simulations).
+    pub keep_requests: bool,
+    random: u64,
 }
 
 impl AgonesState {
@@ -104,7 +159,11 @@ impl FakeAllocator {
 
     /// Starts on `port` (0: any free port).
     pub fn start_on(tls: ServerTls, port: u16) -> FakeAllocator {
-        let state = Arc::new(Mutex::new(AgonesState::default()));
+        let state = Arc::new(Mutex::new(AgonesState {
+            keep_requests: true,
+            random: 0x9E37_79B9_7F4A_7C15,
+            ..AgonesState::default()
+        }));
         let (server, port) = serve(&state, &tls, port);
         FakeAllocator {
             state,
@@ -171,20 +230,41 @@ impl Allocator {
     /// Decides the reply and, for an allocation, allocates a game server.
     fn decide(&self, request: AllocationRequest) -> (Reply, Result<AllocationResponse, RpcStatus>) {
         let mut state = self.state.lock().unwrap();
-        state.requests.push(request.clone());
+        state.calls += 1;
+        if state.keep_requests {
+            state.requests.push(request.clone());
+        }
         let region = request
             .get_gameServerSelectors()
             .first()
             .and_then(|s| s.get_matchLabels().values().next().cloned())
             .unwrap_or_default();
-        let reply = match state.failing_regions.get(&region) {
+        let mut reply = match state.failing_regions.get(&region) {
             Some(code) => Reply::Fail(*code),
             None => state.script.pop_front().unwrap_or(Reply::Allocate),
         };
+        if reply == Reply::Allocate && state.error_rate > 0.0 && state.chance() < state.error_rate {
+            reply = Reply::Fail(RpcStatusCode::UNAVAILABLE);
+        }
         if let Reply::Fail(code) = reply {
             return (reply, Err(RpcStatus::with_message(code, "injected".into())));
         }
-        let number = state.allocated.len() + 1;
+        let number = match &mut state.fleet {
+            None => state.allocated.len() + 1,
+            Some(fleet) => match fleet.allocate(&region) {
+                Some(index) => index + 1,
+                None => {
+                    let status = RpcStatus::with_message(
+                        RpcStatusCode::RESOURCE_EXHAUSTED,
+                        "there is no available GameServer to allocate".into(),
+                    );
+                    return (Reply::Fail(RpcStatusCode::RESOURCE_EXHAUSTED), Err(status));
+                }
+            },
+        };
+        if reply == Reply::Allocate && !state.latency.is_zero() {
+            reply = Reply::Hang(state.latency);
+        }
         let name = format!("gs-{region}-{number}");
         let connection = format!("127.0.0.1:{}", 7000 + number);
         let match_id = request
@@ -204,13 +284,25 @@ impl Allocator {
             port.set_port(7000 + number as i32);
             response.mut_ports().push(port);
         }
-        state.allocated.push(Allocated {
-            name,
-            region,
-            connection,
-            match_id,
-        });
+        if state.keep_requests {
+            state.allocated.push(Allocated {
+                name,
+                region,
+                connection,
+                match_id,
+            });
+        }
         (reply, Ok(response))
+    }
+}
+
+impl AgonesState {
+    /// A pseudo-random number in [0, 1) (xorshift; good enough to inject faults).
+    fn chance(&mut self) -> f64 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        (self.random >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

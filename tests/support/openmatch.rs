@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use agones_openmatch_director::proto::backend::*;
 use agones_openmatch_director::proto::backend_grpc::{create_backend_service, BackendService};
@@ -33,6 +34,9 @@ pub struct PoolTicket {
     pub id: String,
     pub search_fields: SearchFields,
     pub status: TicketStatus,
+    pub created_at: Instant,
+    pub pending_since: Option<Instant>,
+    pub assigned_at: Option<Instant>,
 }
 
 /// A match the double handed out, and the profile it was handed out for.
@@ -40,6 +44,10 @@ pub struct PoolTicket {
 pub struct IssuedMatch {
     pub profile: String,
     pub ticket_ids: Vec<String>,
+    /// When it was put on the FetchMatches stream.
+    pub streamed_at: Instant,
+    /// When the first AssignTickets naming its tickets arrived.
+    pub assigned_at: Option<Instant>,
 }
 
 /// Faults to inject.
@@ -62,16 +70,21 @@ pub struct OmState {
     pub assigns: Vec<AssignTicketsRequest>,
     pub releases: Vec<Vec<String>>,
     pub faults: OmFaults,
+    /// Like Open Match's pendingReleaseTimeout: pending tickets older than this become available.
+    pub pending_release_timeout: Option<Duration>,
+    /// Tickets returned to the pool by that timeout.
+    pub timed_out: usize,
+    /// Whether to record every request (tests) or only count them (long simulations).
+    pub keep_requests: bool,
+    index: HashMap<String, usize>,
+    by_match_ticket: HashMap<String, String>,
     next_ticket: usize,
     next_match: usize,
 }
 
 impl OmState {
     pub fn ticket(&self, id: &str) -> &PoolTicket {
-        self.tickets
-            .iter()
-            .find(|t| t.id == id)
-            .expect("known ticket")
+        &self.tickets[self.index[id]]
     }
 
     pub fn count(&self, wanted: impl Fn(&TicketStatus) -> bool) -> usize {
@@ -103,7 +116,10 @@ impl FakeOpenMatch {
 
     /// Starts a backend on a free loopback port, with TLS when `tls` is given.
     pub fn start_with(tls: Option<ServerTls>) -> FakeOpenMatch {
-        let state = Arc::new(Mutex::new(OmState::default()));
+        let state = Arc::new(Mutex::new(OmState {
+            keep_requests: true,
+            ..OmState::default()
+        }));
         let (server, port) = serve(&state, tls.as_ref(), 0);
         FakeOpenMatch {
             state,
@@ -130,10 +146,15 @@ impl FakeOpenMatch {
         for tag in tags {
             fields.mut_tags().push(tag.to_string());
         }
+        let position = state.tickets.len();
+        state.index.insert(id.clone(), position);
         state.tickets.push(PoolTicket {
             id: id.clone(),
             search_fields: fields,
             status: TicketStatus::Available,
+            created_at: Instant::now(),
+            pending_since: None,
+            assigned_at: None,
         });
         id
     }
@@ -229,11 +250,32 @@ pub fn fits(pool: &Pool, fields: &SearchFields) -> bool {
     ranges && tags && strings
 }
 
+impl OmState {
+    /// Returns tickets pending longer than the pending-release timeout to the pool.
+    fn expire_pending(&mut self) {
+        let Some(timeout) = self.pending_release_timeout else {
+            return;
+        };
+        for ticket in &mut self.tickets {
+            if ticket.status == TicketStatus::Pending
+                && ticket.pending_since.is_some_and(|since| since.elapsed() >= timeout)
+            {
+                ticket.status = TicketStatus::Available;
+                ticket.pending_since = None;
+                self.timed_out += 1;
+            }
+        }
+    }
+}
+
 impl Backend {
     /// Matches for the request's profile, and the code to fail the stream with after them.
     fn make_matches(&self, request: &FetchMatchesRequest) -> (Vec<Match>, Option<RpcStatusCode>) {
         let mut state = self.state.lock().unwrap();
-        state.fetches.push(request.clone());
+        if state.keep_requests {
+            state.fetches.push(request.clone());
+        }
+        state.expire_pending();
         let profile = request.get_profile();
         let Some(pool) = profile.get_pools().first() else {
             return (Vec::new(), None);
@@ -259,8 +301,12 @@ impl Backend {
             m.set_match_id(match_id.clone());
             m.set_match_profile(profile.get_name().to_string());
             m.set_match_function("double".into());
+            let now = Instant::now();
             for &index in chunk {
                 state.tickets[index].status = TicketStatus::Pending;
+                state.tickets[index].pending_since = Some(now);
+                let ticket_id = state.tickets[index].id.clone();
+                state.by_match_ticket.insert(ticket_id, match_id.clone());
                 let mut ticket = Ticket::new();
                 ticket.set_id(state.tickets[index].id.clone());
                 ticket.set_search_fields(state.tickets[index].search_fields.clone());
@@ -275,6 +321,8 @@ impl Backend {
                         .iter()
                         .map(|t| t.get_id().to_string())
                         .collect(),
+                    streamed_at: now,
+                    assigned_at: None,
                 },
             );
             matches.push(m);
@@ -330,9 +378,13 @@ impl BackendService for Backend {
     ) {
         let mut state = self.state.lock().unwrap();
         let ids = request.get_ticket_ids().to_vec();
-        for ticket in state.tickets.iter_mut() {
-            if ids.contains(&ticket.id) && ticket.status == TicketStatus::Pending {
-                ticket.status = TicketStatus::Available;
+        for id in &ids {
+            if let Some(&position) = state.index.get(id) {
+                let ticket = &mut state.tickets[position];
+                if ticket.status == TicketStatus::Pending {
+                    ticket.status = TicketStatus::Available;
+                    ticket.pending_since = None;
+                }
             }
         }
         state.releases.push(ids);
@@ -345,7 +397,9 @@ impl Backend {
     fn assign(&self, request: AssignTicketsRequest) -> Result<AssignTicketsResponse, RpcStatus> {
         let mut guard = self.state.lock().unwrap();
         let state = &mut *guard;
-        state.assigns.push(request.clone());
+        if state.keep_requests {
+            state.assigns.push(request.clone());
+        }
         if state.faults.assign_unavailable > 0 {
             state.faults.assign_unavailable -= 1;
             return Err(RpcStatus::with_message(
@@ -373,8 +427,18 @@ impl Backend {
             let connection = group.get_assignment().get_connection().to_string();
             for id in group.get_ticket_ids() {
                 let not_found = state.faults.not_found.contains(id);
-                match state.tickets.iter_mut().find(|t| &t.id == id) {
+                let now = Instant::now();
+                if let Some(m) = state
+                    .by_match_ticket
+                    .get(id)
+                    .and_then(|match_id| state.matches.get_mut(match_id))
+                {
+                    m.assigned_at.get_or_insert(now);
+                }
+                match state.index.get(id).map(|&i| &mut state.tickets[i]) {
                     Some(ticket) if !not_found => {
+                        ticket.assigned_at.get_or_insert(now);
+                        ticket.pending_since = None;
                         let times = match &ticket.status {
                             TicketStatus::Assigned { times, .. } => times + 1,
                             _ => 1,
