@@ -23,7 +23,7 @@ IMAGE ?= agones-openmatch-director
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 IMAGE_REF := $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE):$(TAG)
 
-.PHONY: all build test lint fmt deps check-static-deps static image push deploy image-test validate clean
+.PHONY: all build test lint fmt demo bench deps check-static-deps static image push deploy image-test validate clean
 
 all: build
 
@@ -35,10 +35,26 @@ build:
 test:
 	$(CARGO) test --release --locked
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting and clippy (the simulator included), warnings are errors
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --all-targets --all-features -- -D warnings
+
+# The simulator is a separate binary (feature "sim"), never part of `director`.
+SIM := $(TARGET_DIR)/release/sim
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+
+## demo: the Director end to end on this machine against a simulated Open Match and Agones
+##       (Ctrl-C to stop; e.g. make demo DEMO_ARGS="--duration 30 --fleet 5 --error-rate 0.1")
+demo:
+	$(CARGO) build --release --locked --features sim --bin sim --bin director
+	$(SIM) demo $(DEMO_ARGS)
+
+## bench: the benchmark scenarios; a Markdown table, and target/bench/results.json
+bench:
+	$(CARGO) build --release --locked --features sim --bin sim --bin director
+	$(SIM) bench $(BENCH_ARGS)
 
 ## fmt: format the code
 fmt:

@@ -258,7 +258,9 @@ impl OmState {
         };
         for ticket in &mut self.tickets {
             if ticket.status == TicketStatus::Pending
-                && ticket.pending_since.is_some_and(|since| since.elapsed() >= timeout)
+                && ticket
+                    .pending_since
+                    .is_some_and(|since| since.elapsed() >= timeout)
             {
                 ticket.status = TicketStatus::Available;
                 ticket.pending_since = None;

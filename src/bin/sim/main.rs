@@ -1,0 +1,60 @@
+//! `sim`: the Director's world on one machine, for `make demo` and `make bench`.
+//!
+//! It starts the same in-process gRPC doubles of the Open Match backend and the Agones allocator
+//! that the end-to-end tests use (mTLS certificates generated on the spot), feeds players into
+//! Open Match, and runs the real `director` binary against them. It is a separate binary: nothing
+//! of it is linked into `director`.
+
+#[allow(dead_code)]
+#[path = "../../../tests/support/agones.rs"]
+mod agones;
+mod bench;
+#[allow(dead_code)]
+#[path = "../../../tests/support/certs.rs"]
+mod certs;
+mod demo;
+#[allow(dead_code)]
+#[path = "../../../tests/support/openmatch.rs"]
+mod openmatch;
+#[allow(dead_code)]
+#[path = "../../../tests/support/tls.rs"]
+mod tls;
+mod world;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "usage:
+  sim demo [--duration SECS] [--arrival-rate PLAYERS_PER_SEC] [--fleet GAME_SERVERS_PER_REGION]
+           [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
+           [--regions A,B] [--threads N]
+  sim bench [--quick]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo::Options::parse(&args[1..]).map(demo::run),
+        Some("bench") => bench::Options::parse(&args[1..]).map(bench::run),
+        _ => Err("expected demo or bench".to_string()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(problem) => {
+            eprintln!("sim: {problem}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads the value after a flag and parses it.
+fn flag_value<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> Result<T, String> {
+    value
+        .ok_or_else(|| format!("{flag} needs a value"))?
+        .parse()
+        .map_err(|_| format!("{flag}: not a valid value"))
+}
+
+/// Seconds as a duration (fractions allowed).
+fn seconds(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0))
+}

@@ -1,0 +1,225 @@
+//! The simulated world: the Open Match and Agones doubles (the same ones the end-to-end tests use),
+//! certificates made on the spot, players, and the real `director` as a child process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::Duration;
+
+use crate::agones::{AgonesPki, FakeAllocator, Fleet};
+use crate::certs::TempDir;
+use crate::openmatch::FakeOpenMatch;
+
+/// What the world looks like and how the Director is run in it.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub regions: Vec<String>,
+    pub ranges: String,
+    pub fleet_per_region: usize,
+    pub session: Duration,
+    pub allocator_latency: Duration,
+    pub error_rate: f64,
+    pub outage: Option<String>,
+    pub allocator_threads: usize,
+    pub interval: Duration,
+    pub pending_release_timeout: Duration,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        WorldConfig {
+            regions: vec!["us-east-1".into(), "us-east-2".into()],
+            ranges: "0-24,25-49,50-74,75-99,100-9999".into(),
+            fleet_per_region: 50,
+            session: Duration::from_secs(30),
+            allocator_latency: Duration::ZERO,
+            error_rate: 0.0,
+            outage: None,
+            allocator_threads: 8,
+            interval: Duration::from_millis(250),
+            pending_release_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The running doubles and the files the Director needs.
+pub struct World {
+    pub config: WorldConfig,
+    pub om: FakeOpenMatch,
+    pub allocator: FakeAllocator,
+    dir: TempDir,
+    pki: AgonesPki,
+    random: u64,
+}
+
+impl World {
+    pub fn start(config: WorldConfig) -> World {
+        let pki = AgonesPki::new();
+        let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
+        {
+            let mut state = allocator.state();
+            state.keep_requests = false;
+            state.fleet = Some(Fleet::new(config.fleet_per_region, config.session));
+            state.latency = config.allocator_latency;
+            state.error_rate = config.error_rate;
+            if let Some(region) = &config.outage {
+                state
+                    .failing_regions
+                    .insert(region.clone(), grpcio::RpcStatusCode::UNAVAILABLE);
+            }
+        }
+        let om = FakeOpenMatch::start();
+        {
+            let mut state = om.state();
+            state.keep_requests = false;
+            state.pending_release_timeout = Some(config.pending_release_timeout);
+        }
+        World {
+            config,
+            om,
+            allocator,
+            dir: TempDir::new("sim"),
+            pki,
+            random: 0x2545_F491_4F6C_DD1D,
+        }
+    }
+
+    /// Adds a player close to one region (5–45 ms) and farther from the others (60–200 ms).
+    pub fn add_player(&mut self) -> String {
+        let home = (self.next_random() % self.config.regions.len() as u64) as usize;
+        let latency = 5.0 + (self.next_random() % 40) as f64;
+        self.add_player_near(home, latency)
+    }
+
+    /// Adds a player with `latency` to region number `home` and 60–200 ms to the others.
+    pub fn add_player_near(&mut self, home: usize, latency: f64) -> String {
+        let regions = self.config.regions.clone();
+        let args: Vec<(String, f64)> = regions
+            .iter()
+            .enumerate()
+            .map(|(i, region)| {
+                let far = 60.0 + (self.next_random() % 140) as f64;
+                (
+                    format!("latency-{region}"),
+                    if i == home { latency } else { far },
+                )
+            })
+            .collect();
+        let args: Vec<(&str, f64)> = args.iter().map(|(a, v)| (a.as_str(), *v)).collect();
+        self.om.add_ticket(&args, &["mode.session"])
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        self.random
+    }
+
+    /// Starts the `director` binary that sits next to this one, pointed at the doubles.
+    pub fn start_director(&self, rust_log: &str) -> DirectorProcess {
+        let client = self.pki.client();
+        let ca = self.dir.write("ca.crt", self.pki.server_ca.pem());
+        let cert = self.dir.write("tls.crt", client.cert_pem);
+        let key = self.dir.write("tls.key", client.key_pem);
+        let binary = std::env::current_exe()
+            .expect("own path")
+            .with_file_name("director");
+        let c = &self.config;
+        let mut command = Command::new(&binary);
+        command
+            .env_clear()
+            .env("OPENMATCH_BACKEND_ADDR", "127.0.0.1")
+            .env("OPENMATCH_BACKEND_PORT", self.om.port.to_string())
+            .env("OPENMATCH_MATCH_FUNCTION_ADDR", "mmf.sim")
+            .env("AGONES_ALLOCATOR_ADDR", "127.0.0.1")
+            .env("AGONES_ALLOCATOR_PORT", self.allocator.port.to_string())
+            .env("AGONES_CA_CERT", &ca)
+            .env("AGONES_CLIENT_CERT", &cert)
+            .env("AGONES_CLIENT_KEY", &key)
+            .env("REGIONS", c.regions.join(","))
+            .env("RANGES", &c.ranges)
+            .env("INTERVAL", format!("{}ms", c.interval.as_millis()))
+            .env("ALLOCATE_TIMEOUT", "2s")
+            .env("ALLOCATE_RETRY_BUDGET", "5s")
+            .env("SHUTDOWN_TIMEOUT", "10s")
+            .env("ALLOCATOR_THREADS", c.allocator_threads.to_string())
+            .env("QUEUE_CAPACITY", "64")
+            .env("METRICS_ADDR", "")
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        DirectorProcess { child }
+    }
+}
+
+/// The `director` child process, with its resource use read from /proc.
+pub struct DirectorProcess {
+    child: Child,
+}
+
+impl DirectorProcess {
+    /// Its log, one line at a time.
+    pub fn log_lines(&mut self) -> impl Iterator<Item = String> {
+        let stderr: ChildStderr = self.child.stderr.take().expect("stderr is piped");
+        BufReader::new(stderr).lines().map_while(Result::ok)
+    }
+
+    /// CPU time used so far (user + system), from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after_name = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from /proc/PID/status.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the exit; returns the exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for DirectorProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `q`-quantile (0..=1) of `values`, which it sorts.
+pub fn quantile(values: &mut [Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values.sort_unstable();
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
+}
