@@ -6,6 +6,7 @@ use super::agones::{AgonesPki, FakeAllocator};
 use super::director::{wait_until, Director, DirectorEnv};
 use super::openmatch::{FakeOpenMatch, TicketStatus};
 pub use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION as MATCH_ID;
+use agones_openmatch_director::pipeline::Totals;
 
 pub const REGIONS: [&str; 2] = ["us-east-1", "us-east-2"];
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -91,20 +92,8 @@ impl World {
     }
 }
 
-/// The counts of the Director's final accounting line.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Accounting {
-    pub received: u64,
-    pub assigned: u64,
-    pub released: u64,
-    pub abandoned: u64,
-    pub skipped_empty: u64,
-    pub tickets_not_found: u64,
-    pub orphaned: u64,
-}
-
 /// Reads the final accounting line and checks that assigned + released + abandoned = received.
-pub fn final_accounting(director: &Director) -> Accounting {
+pub fn final_accounting(director: &Director) -> Totals {
     let lines = director.lines_with("Director stopped:");
     assert_eq!(lines.len(), 1, "one accounting line expected");
     let n: Vec<u64> = lines[0]
@@ -116,14 +105,14 @@ pub fn final_accounting(director: &Director) -> Accounting {
         .map(|s| s.parse().unwrap())
         .collect();
     assert_eq!(n.len(), 7, "{}", lines[0]);
-    let accounting = Accounting {
+    let accounting = Totals {
         received: n[0],
         assigned: n[1],
         released: n[2],
         abandoned: n[3],
         skipped_empty: n[4],
         tickets_not_found: n[5],
-        orphaned: n[6],
+        orphaned_game_servers: n[6],
     };
     assert_eq!(
         accounting.received,
