@@ -308,3 +308,37 @@ fn sigterm_with_a_full_queue_and_a_slow_allocator_releases_everything_in_time() 
     assert!(world.all_released(&tickets));
     assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
 }
+
+#[test]
+fn assignment_that_keeps_failing_orphans_the_server_and_releases_once() {
+    let mut world = World::new();
+    world.env.set("ASSIGN_RETRY_BUDGET", "1s");
+    world.env.set("REGIONS", "us-east-1");
+    world.om.state().faults.assign_unavailable = 1_000;
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
+    let director = world.env.start();
+    wait_until(WAIT, "tickets released", || world.all_released(&tickets));
+    let orphaned = director.lines_with("is orphaned");
+    assert!(!orphaned.is_empty());
+    assert!(
+        orphaned[0].contains("game server gs-us-east-1-1"),
+        "{}",
+        orphaned[0]
+    );
+    assert!(
+        orphaned[0].contains(&tickets[0]),
+        "ticket ids are logged: {}",
+        orphaned[0]
+    );
+    assert!(
+        world.om.state().assigns.len() > 1,
+        "AssignTickets was retried"
+    );
+    world.om.state().faults.assign_unavailable = 0;
+    wait_until(WAIT, "assigned once Open Match recovers", || {
+        world.all_assigned(&tickets)
+    });
+    let accounting = final_accounting(&stop(director));
+    assert!(accounting.orphaned_game_servers >= 1);
+    assert_eq!(accounting.abandoned, 0);
+}
