@@ -63,14 +63,17 @@ impl Shutdown {
         })
     }
 
-    /// Calls [`Shutdown::request`] on SIGINT and SIGTERM.
+    /// Calls [`Shutdown::request`] on the first SIGINT or SIGTERM, [`Shutdown::force`] on the next.
     pub fn install_signal_handler(self: &Arc<Self>) -> Result<(), ctrlc::Error> {
         let shutdown = Arc::clone(self);
         ctrlc::set_handler(move || {
             if shutdown.request() {
                 log::info!(
-                    "Shutdown requested: no new fetches; draining queued and in-flight matches"
+                    "Shutdown requested: no new fetches; draining queued and in-flight matches (signal again to stop at once)"
                 );
+            } else {
+                log::warn!("Second signal: releasing queued matches and stopping now");
+                shutdown.force();
             }
         })
     }

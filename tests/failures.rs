@@ -342,3 +342,46 @@ fn assignment_that_keeps_failing_orphans_the_server_and_releases_once() {
     assert!(accounting.orphaned_game_servers >= 1);
     assert_eq!(accounting.abandoned, 0);
 }
+
+#[test]
+fn a_match_without_tickets_is_skipped_with_a_warning() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.om.state().faults.empty_matches = 1;
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
+    let director = world.env.start();
+    wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
+    let skipped = director.lines_with("Skipping match empty-0");
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("WARN") && skipped[0].contains("it has no tickets"));
+    let accounting = final_accounting(&stop(director));
+    assert_eq!((accounting.received, accounting.skipped_empty), (1, 1));
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("SHUTDOWN_TIMEOUT", "60s");
+    world.env.set("ALLOCATOR_THREADS", "1");
+    world.env.set("ALLOCATE_TIMEOUT", "60s");
+    world
+        .allocator
+        .state()
+        .script
+        .extend([Reply::Hang(Duration::from_secs(60)); 4]);
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 12);
+    let mut director = world.env.start();
+    wait_until(WAIT, "an allocation in flight", || {
+        world.allocator.state().requests.len() == 1
+    });
+    director.terminate();
+    director.wait_for_log("Shutdown requested", WAIT);
+    director.terminate();
+    let status = director.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(!director.lines_with("Second signal").is_empty());
+    let accounting = final_accounting(&director);
+    assert_eq!((accounting.received, accounting.released), (3, 3));
+    assert!(world.all_released(&tickets));
+}

@@ -59,6 +59,8 @@ pub struct OmFaults {
     pub not_found: Vec<String>,
     /// The next this many AssignTickets calls fail with UNAVAILABLE.
     pub assign_unavailable: usize,
+    /// The next this many FetchMatches calls stream a match without tickets first.
+    pub empty_matches: usize,
 }
 
 /// Everything the double knows and saw.
@@ -296,6 +298,13 @@ impl Backend {
         };
         let limit = fault.map_or(usize::MAX, |(count, _)| count);
         let mut matches = Vec::new();
+        if state.faults.empty_matches > 0 {
+            state.faults.empty_matches -= 1;
+            let mut empty = Match::new();
+            empty.set_match_id(format!("empty-{}", state.faults.empty_matches));
+            empty.set_match_profile(profile.get_name().to_string());
+            matches.push(empty);
+        }
         for chunk in fitting.chunks_exact(MATCH_SIZE).take(limit) {
             state.next_match += 1;
             let match_id = format!("profile-{}-time-{}", profile.get_name(), state.next_match);
