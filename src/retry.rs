@@ -155,53 +155,53 @@ mod tests {
         assert_eq!(result, Ok(3));
     }
 
-    #[test]
-    fn does_not_retry_other_codes() {
+    /// How many attempts `retry` makes when every attempt fails with `code`.
+    fn attempts_failing_with(code: RpcStatusCode, budget_ms: u64, shutdown: &Shutdown) -> usize {
         let calls = Cell::new(0);
         let result: Result<(), _> = retry(
-            policy(10_000),
-            &Shutdown::new(Duration::from_secs(1)),
+            policy(budget_ms),
+            shutdown,
             |_| {
                 calls.set(calls.get() + 1);
-                Err(RpcError::new(RpcStatusCode::INVALID_ARGUMENT, "bad"))
+                Err(RpcError::new(code, "failed"))
             },
-            |_, _| panic!("must not retry"),
+            |_, _| {},
         );
-        assert_eq!(result.unwrap_err().code, RpcStatusCode::INVALID_ARGUMENT);
-        assert_eq!(calls.get(), 1);
+        assert_eq!(result.unwrap_err().code, code);
+        calls.get()
+    }
+
+    #[test]
+    fn does_not_retry_other_codes() {
+        let shutdown = Shutdown::new(Duration::from_secs(1));
+        assert_eq!(
+            attempts_failing_with(RpcStatusCode::INVALID_ARGUMENT, 10_000, &shutdown),
+            1
+        );
     }
 
     #[test]
     fn zero_budget_means_exactly_one_attempt() {
-        let calls = Cell::new(0);
-        let result: Result<(), _> = retry(
-            policy(0),
-            &Shutdown::new(Duration::from_secs(1)),
-            |_| {
-                calls.set(calls.get() + 1);
-                Err(unavailable())
-            },
-            |_, _| {},
+        let shutdown = Shutdown::new(Duration::from_secs(1));
+        assert_eq!(
+            attempts_failing_with(RpcStatusCode::UNAVAILABLE, 0, &shutdown),
+            1
         );
-        assert!(result.is_err());
-        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn budget_allows_several_attempts() {
+        let shutdown = Shutdown::new(Duration::from_secs(1));
+        assert!(attempts_failing_with(RpcStatusCode::UNAVAILABLE, 400, &shutdown) > 1);
     }
 
     #[test]
     fn forced_shutdown_stops_retrying() {
         let shutdown = Shutdown::new(Duration::from_secs(1));
         shutdown.force();
-        let calls = Cell::new(0);
-        let result: Result<(), _> = retry(
-            policy(10_000),
-            &shutdown,
-            |_| {
-                calls.set(calls.get() + 1);
-                Err(unavailable())
-            },
-            |_, _| {},
+        assert_eq!(
+            attempts_failing_with(RpcStatusCode::UNAVAILABLE, 10_000, &shutdown),
+            1
         );
-        assert!(result.is_err());
-        assert_eq!(calls.get(), 1);
     }
 }
