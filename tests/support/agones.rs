@@ -1,7 +1,7 @@
 //! An in-process Agones allocator double that requires a client certificate (mTLS), hands out
 //! game servers per region, follows a script of faults, and records every request.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use agones_openmatch_director::proto::allocation::{
 use agones_openmatch_director::proto::allocation_grpc::{
     create_allocation_service, AllocationService,
 };
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use grpcio::{Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, UnarySink};
 
 use super::certs::{Issued, TestCa, Usage};
@@ -209,6 +210,7 @@ fn serve(state: &Arc<Mutex<AgonesState>>, tls: &ServerTls, port: u16) -> (Server
     let env = Arc::new(Environment::new(1));
     let service = create_allocation_service(Allocator {
         state: Arc::clone(state),
+        delayed: delayer(),
     });
     let mut server = ServerBuilder::new(env)
         .register_service(service)
@@ -224,6 +226,62 @@ fn serve(state: &Arc<Mutex<AgonesState>>, tls: &ServerTls, port: u16) -> (Server
 #[derive(Clone)]
 struct Allocator {
     state: Arc<Mutex<AgonesState>>,
+    delayed: Sender<Delayed>,
+}
+
+/// An answer to send at a given time.
+struct Delayed {
+    at: Instant,
+    sequence: u64,
+    send: Box<dyn FnOnce() + Send>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.sequence) == (other.at, other.sequence)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    /// Reversed, so that the max-heap yields the earliest answer first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.sequence).cmp(&(self.at, self.sequence))
+    }
+}
+
+/// One thread that sends delayed answers when they are due (a thread per answer would cost the
+/// shared CPU more than the Director under test). It ends when the server is dropped.
+fn delayer() -> Sender<Delayed> {
+    let (sender, receiver) = crossbeam_channel::unbounded::<Delayed>();
+    std::thread::spawn(move || {
+        let mut due = BinaryHeap::new();
+        loop {
+            let next = match due.peek() {
+                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(first) => {
+                    let first: &Delayed = first;
+                    receiver.recv_timeout(first.at.saturating_duration_since(Instant::now()))
+                }
+            };
+            match next {
+                Ok(delayed) => due.push(delayed),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while due.peek().is_some_and(|d: &Delayed| d.at <= Instant::now()) {
+                (due.pop().expect("peeked").send)();
+            }
+        }
+    });
+    sender
 }
 
 impl Allocator {
@@ -315,13 +373,18 @@ impl AllocationService for Allocator {
     ) {
         match self.decide(request) {
             (Reply::Hang(delay), result) => {
-                std::thread::spawn(move || {
-                    std::thread::sleep(delay);
+                let send = move || {
                     let send = match result {
                         Ok(response) => sink.success(response),
                         Err(status) => sink.fail(status),
                     };
                     let _ = futures_executor::block_on(send);
+                };
+                let sequence = self.state.lock().unwrap().calls as u64;
+                let _ = self.delayed.send(Delayed {
+                    at: Instant::now() + delay,
+                    sequence,
+                    send: Box::new(send),
                 });
             }
             (_, result) => reply(ctx, sink, result),

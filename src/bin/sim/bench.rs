@@ -176,8 +176,11 @@ fn profiles_scale(label: &str, regions: usize, bands: usize) -> Row {
     std::thread::sleep(idle_window);
     let idle = director.cpu_time().saturating_sub(before);
     let matches = 400;
-    for _ in 0..matches * 4 {
-        world.add_player();
+    for player in 0..matches * 4 {
+        // Four consecutive players share a region and a band, so every player ends up in a match.
+        let group = player / 4;
+        let band = group / regions % bands;
+        world.add_player_near(group % regions, (band * 10 + 5) as f64);
     }
     let measured = finish(&world, director, drain, matches);
     Row {
