@@ -7,6 +7,9 @@ use agones_openmatch_director::pipeline::{self, Totals};
 use agones_openmatch_director::profiles::{build_profiles, Profile};
 use agones_openmatch_director::shutdown::Shutdown;
 
+/// Log filter when RUST_LOG is unset: our events at INFO, gRPC core's own chatter only from WARN.
+const DEFAULT_LOG_FILTER: &str = "info,grpcio=warn";
+
 /// Exit code for a configuration the Director cannot run with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
@@ -65,7 +68,8 @@ fn check() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
+        .init();
     let config = match load_config() {
         Ok(config) => config,
         Err(code) => return code,

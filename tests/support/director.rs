@@ -64,7 +64,7 @@ impl DirectorEnv {
         set("ALLOCATOR_THREADS", "4".into());
         set("METRICS_ADDR", "127.0.0.1:0".into());
         set("CERT_RELOAD_INTERVAL", "200ms".into());
-        set("RUST_LOG", "info".into());
+        set("RUST_LOG", "info,grpcio=warn".into());
         DirectorEnv { vars, dir }
     }
 

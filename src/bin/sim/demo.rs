@@ -122,7 +122,7 @@ pub fn run(options: Options) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut world = World::start(options.world.clone());
-    let mut director = world.start_director("info");
+    let mut director = world.start_director("info,grpcio=warn");
     let screen = Arc::new(Mutex::new(()));
     let log = director.log_lines();
     let printer = {
