@@ -90,7 +90,7 @@ fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            log::error!("Cannot start the pipeline threads: {error}");
+            log::error!("Cannot start: {error}");
             ExitCode::FAILURE
         }
     }

@@ -125,7 +125,8 @@ pub fn run(
     start_certificate_watch(config, &shared)?;
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.queue_capacity);
     if let Some(address) = config.metrics_addr {
-        let bound = http::serve(address, operations_handler(&shared, queue_rx.clone()))?;
+        let bound = http::serve(address, operations_handler(&shared, queue_rx.clone()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {address}: {e}")))?;
         log::info!("Serving /metrics, /healthz and /readyz on http://{bound}");
     }
     let timing = &config.timing;
