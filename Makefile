@@ -66,6 +66,7 @@ deps:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake file; }
 	rustup target add $(MUSL_TARGET)
 	python3 -m pip install --quiet cargo-zigbuild==$(CARGO_ZIGBUILD_VERSION) ziglang==$(ZIGLANG_VERSION)
+	if command -v pyenv >/dev/null; then pyenv rehash; fi
 
 ## check-static-deps: name whatever `make static` would miss, and stop
 check-static-deps:
