@@ -62,7 +62,11 @@ pub fn serve(address: SocketAddr, handler: Arc<Handler>) -> std::io::Result<Sock
 
 fn accept_loop(listener: &TcpListener, handler: &Arc<Handler>, open: &Arc<AtomicUsize>) {
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(stream) = stream else {
+            // Out of file descriptors or similar: back off instead of spinning.
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
         if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::SeqCst);
             continue;
