@@ -106,11 +106,8 @@ impl Report {
     /// Validity of every certificate file of `material`; an expired one fails the check.
     fn certificates(&mut self, prefix: &str, material: &TlsMaterial) {
         self.line(&format!("{prefix} certificates:"));
-        let mut files = vec![(format!("{prefix}_CA_CERT"), &material.ca)];
-        if let Some(identity) = &material.identity {
-            files.push((format!("{prefix}_CLIENT_CERT"), &identity.cert_chain));
-        }
-        for (var, file) in files {
+        for (suffix, file) in material.certificate_files() {
+            let var = format!("{prefix}_{suffix}");
             let Ok(certificates) = tls::parse_certificates(&file.path, &file.pem) else {
                 continue;
             };

@@ -430,6 +430,7 @@ struct Worker {
     heartbeat: Arc<Heartbeat>,
     tls_generation: u64,
     allocator: AllocatorClient,
+    openmatch_generation: u64,
     openmatch: Arc<OpenMatchClient>,
 }
 
@@ -437,13 +438,14 @@ impl Worker {
     fn new(index: usize, shared: Arc<Shared>, heartbeat: Arc<Heartbeat>) -> Worker {
         let (tls_generation, material) = shared.agones_tls.current();
         let allocator = Worker::connect(index, &shared, &material);
-        let (_, openmatch) = shared.openmatch.current();
+        let (openmatch_generation, openmatch) = shared.openmatch.current();
         Worker {
             index,
             shared,
             heartbeat,
             tls_generation,
             allocator,
+            openmatch_generation,
             openmatch,
         }
     }
@@ -482,7 +484,9 @@ impl Worker {
                 self.index
             );
         }
-        self.openmatch = self.shared.openmatch.current().1;
+        if self.shared.openmatch.generation() != self.openmatch_generation {
+            (self.openmatch_generation, self.openmatch) = self.shared.openmatch.current();
+        }
     }
 
     fn handle(&self, job: &MatchJob) -> Outcome {

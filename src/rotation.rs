@@ -184,9 +184,7 @@ fn reload(endpoint: &Watched, metrics: &Metrics) {
 
 /// Exposes the expiry of every certificate file of `material` and warns about near ones.
 pub fn record_expiry(material: &TlsMaterial, metrics: &Metrics) {
-    let files =
-        std::iter::once(&material.ca).chain(material.identity.iter().map(|i| &i.cert_chain));
-    for file in files {
+    for (_, file) in material.certificate_files() {
         let Ok(certificates) = tls::parse_certificates(&file.path, &file.pem) else {
             continue;
         };

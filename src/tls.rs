@@ -58,6 +58,18 @@ pub struct TlsMaterial {
     pub identity: Option<ClientIdentity>,
 }
 
+impl TlsMaterial {
+    /// The certificate files: the CA bundle, then the client certificate chain if any, each with
+    /// the suffix of the variable that names it (`CA_CERT`, `CLIENT_CERT`).
+    pub fn certificate_files(&self) -> impl Iterator<Item = (&'static str, &PemFile)> {
+        std::iter::once(("CA_CERT", &self.ca)).chain(
+            self.identity
+                .iter()
+                .map(|identity| ("CLIENT_CERT", &identity.cert_chain)),
+        )
+    }
+}
+
 /// Which of the two identity files a problem is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentityFile {
