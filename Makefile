@@ -6,6 +6,12 @@
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
+# The gRPC C core needs cmake and a C++ compiler. A machine without cmake gets the cmake wheel from
+# PyPI in .tools/ (git-ignored, no root needed); its bin directory comes first on every recipe's PATH.
+TOOLS_DIR := $(CURDIR)/.tools
+CMAKE_VERSION := 3.31.10
+export PATH := $(TOOLS_DIR)/cmake/cmake/data/bin:$(PATH)
+
 # Static binary: x86_64 musl, built by zig's clang (C, C++, musl and libc++ in one PyPI wheel),
 # because Debian has no musl C++ toolchain for the gRPC C core. Versions verified together:
 MUSL_TARGET := x86_64-unknown-linux-musl
@@ -23,20 +29,33 @@ IMAGE ?= agones-openmatch-director
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 IMAGE_REF := $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE):$(TAG)
 
-.PHONY: all build test lint fmt demo bench deps check-static-deps static image push deploy image-test validate clean
+.PHONY: all tools build test fuzz lint fmt demo bench deps check-static-deps static image push deploy image-test validate clean
 
 all: build
 
+## tools: check for what compiling the gRPC C core needs; fetch cmake into .tools/ if missing
+tools:
+	@command -v c++ >/dev/null || { echo "make: no C++ compiler (c++) for the gRPC C core; install one, e.g. 'apt-get install g++'" >&2; exit 1; }
+	@command -v cmake >/dev/null || { \
+		echo "make: cmake not found; installing the cmake $(CMAKE_VERSION) wheel from PyPI into .tools/"; \
+		python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS_DIR)/cmake cmake==$(CMAKE_VERSION) || \
+		{ echo "make: could not install cmake with 'python3 -m pip'; install it, e.g. 'apt-get install cmake'" >&2; exit 1; }; }
+
 ## build: the director binary for this machine ($(TARGET_DIR)/release/director)
-build:
+build: tools
 	$(CARGO) build --release --locked --bin director
 
 ## test: unit tests and end-to-end tests against the in-process doubles
-test:
-	$(CARGO) test --release --locked
+test: tools
+	$(CARGO) test --release --locked --features sim
+
+## fuzz: the property tests of every parser of outside input, with many more cases than `make test`
+FUZZ_CASES ?= 20000
+fuzz: tools
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --features sim --lib fuzz::
 
 ## lint: formatting and clippy (the simulator included), warnings are errors
-lint:
+lint: tools
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --all-targets --all-features -- -D warnings
 
@@ -47,12 +66,12 @@ BENCH_ARGS ?=
 
 ## demo: the Director end to end on this machine against a simulated Open Match and Agones
 ##       (Ctrl-C to stop; e.g. make demo DEMO_ARGS="--duration 30 --fleet 5 --error-rate 0.1")
-demo:
+demo: tools
 	$(CARGO) build --release --locked --features sim --bin sim --bin director
 	$(SIM) demo $(DEMO_ARGS)
 
 ## bench: the benchmark scenarios; a Markdown table, and target/bench/results.json
-bench:
+bench: tools
 	$(CARGO) build --release --locked --features sim --bin sim --bin director
 	$(SIM) bench $(BENCH_ARGS)
 
@@ -62,8 +81,8 @@ fmt:
 
 ## deps: install what `make static` needs (Debian packages, the Rust musl target, zig via PyPI)
 deps:
-	command -v cmake >/dev/null && command -v file >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake file; }
+	command -v file >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq file; }
 	rustup target add $(MUSL_TARGET)
 	python3 -m pip install --quiet cargo-zigbuild==$(CARGO_ZIGBUILD_VERSION) ziglang==$(ZIGLANG_VERSION)
 	if command -v pyenv >/dev/null; then pyenv rehash; fi
@@ -71,7 +90,6 @@ deps:
 ## check-static-deps: name whatever `make static` would miss, and stop
 check-static-deps:
 	@missing=""; \
-	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v file >/dev/null || missing="$$missing file"; \
 	rustup target list --installed | grep -qx $(MUSL_TARGET) || missing="$$missing rust-target:$(MUSL_TARGET)"; \
 	command -v cargo-zigbuild >/dev/null || missing="$$missing cargo-zigbuild==$(CARGO_ZIGBUILD_VERSION)"; \
@@ -79,7 +97,7 @@ check-static-deps:
 	if [ -n "$$missing" ]; then echo "make static needs:$$missing — run 'make deps' to install them" >&2; exit 1; fi
 
 ## static: the fully static, stripped musl binary, copied to dist/director
-static: check-static-deps
+static: tools check-static-deps
 	$(CARGO) zigbuild --release --locked --target $(MUSL_TARGET) --bin director
 	mkdir -p dist
 	cp $(STATIC_BIN) dist/director
@@ -99,8 +117,8 @@ deploy:
 	sed 's|image: agones-openmatch-director:latest|image: $(IMAGE_REF)|' director.yaml | kubectl apply -f -
 
 ## image-test: run the image end to end against the in-process doubles (needs Docker)
-image-test:
-	DIRECTOR_IMAGE=$(IMAGE_REF) $(CARGO) test --release --locked --test image -- --ignored --test-threads 1
+image-test: tools
+	DIRECTOR_IMAGE=$(IMAGE_REF) $(CARGO) test --release --locked --features sim --test e2e image:: -- --ignored --test-threads 1
 
 ## validate: director.yaml against the Kubernetes schemas (strict), Dockerfile.scratch with hadolint
 validate:

@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use grpcio::{CallOption, Channel, ChannelBuilder, Environment, RpcStatusCode};
+use grpcio::{CallOption, Channel, Environment, RpcStatusCode};
 
-use crate::config::{is_label_value, AgonesConfig};
-use crate::openmatch::MAX_RECONNECT_BACKOFF;
+use crate::config::{host_port, is_label_value, AgonesConfig};
 use crate::proto::allocation::{
     AllocationRequest, AllocationResponse, GameServerSelector, MetaPatch, MultiClusterSetting,
 };
 use crate::proto::allocation_grpc::AllocationServiceClient;
-use crate::rpc::RpcError;
+use crate::rpc::{channel_builder, RpcError};
 use crate::shutdown::Shutdown;
 use crate::tls::{self, TlsMaterial};
 
@@ -23,11 +22,8 @@ pub const PROFILE_LABEL: &str = "director.agones-openmatch/profile";
 /// Opens a dedicated, long-lived mTLS channel to the allocator for one worker thread. A local
 /// subchannel pool gives each worker its own TCP connection, spread over the allocator replicas.
 pub fn connect(env: Arc<Environment>, config: &AgonesConfig, tls: &TlsMaterial) -> Channel {
-    let mut builder = ChannelBuilder::new(env)
-        .primary_user_agent(crate::USER_AGENT)
+    let mut builder = channel_builder(env)
         .use_local_subchannel_pool(true)
-        .initial_reconnect_backoff(Duration::from_millis(200))
-        .max_reconnect_backoff(MAX_RECONNECT_BACKOFF)
         .set_credentials(tls::channel_credentials(tls));
     if let Some(name) = &config.tls_server_name {
         builder = builder.override_ssl_target(name.clone());
@@ -178,14 +174,9 @@ pub fn game_server(
             "port {port_name:?} is {port}, not a TCP port"
         )));
     }
-    let host = if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
-    };
     Ok(GameServer {
         name,
-        connection: format!("{host}:{port}"),
+        connection: host_port(address, port),
     })
 }
 
@@ -253,7 +244,13 @@ mod tests {
         assert_eq!(label_value("-a b/c-"), "a-b-c");
         let long = label_value(&"x".repeat(100));
         assert_eq!(long.len(), 63);
-        assert!(is_label_value(&label_value("ä:ö")));
+        assert_eq!(label_value("prö:file ä"), "pr--file");
+        assert!(is_label_value(&label_value("prö:file ä")));
+        assert_eq!(
+            label_value("ä:ö"),
+            "",
+            "nothing valid is left: the empty value"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grpcio::EnvBuilder;
@@ -28,9 +28,10 @@ use rustls::{
 
 use crate::config::{Config, Endpoint};
 use crate::openmatch::{self, OpenMatchClient};
-use crate::rotation::{unix_now, EXPIRY_WARNING};
+use crate::rotation::unix_now;
+use crate::sync::lock;
 use crate::tls::{self, TlsMaterial};
-use crate::x509::{format_utc, CertSummary};
+use crate::x509::{format_utc, CertSummary, Validity};
 
 /// How long each network step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,14 +126,13 @@ impl Report {
             format_utc(summary.not_before),
             format_utc(summary.not_after)
         );
-        if summary.not_after < now {
-            self.fail(&format!("{what}: EXPIRED — {period}"));
-        } else if summary.not_before > now {
-            self.fail(&format!("{what}: not valid yet — {period}"));
-        } else if summary.not_after - now < EXPIRY_WARNING.as_secs() as i64 {
-            self.warn(&format!("{what}: expires within 7 days — {period}"));
-        } else {
-            self.ok(&format!("{what}: {period}"));
+        match summary.validity(now) {
+            Validity::Expired => self.fail(&format!("{what}: EXPIRED — {period}")),
+            Validity::NotYetValid => self.fail(&format!("{what}: not valid yet — {period}")),
+            Validity::ExpiresSoon => {
+                self.warn(&format!("{what}: expires within 7 days — {period}"))
+            }
+            Validity::Valid => self.ok(&format!("{what}: {period}")),
         }
     }
 
@@ -154,14 +154,25 @@ impl Report {
                 Err(error) => return self.fail(&format!("cannot start TLS: {error}")),
             };
         let handshake = complete_handshake(&mut connection, &mut tcp);
-        self.server_certificate(&probe, name, prefix, handshake.as_ref().err());
+        let tls_failure = match &handshake {
+            Err(NoAnswer::Rejected(error)) => Some(error),
+            _ => None,
+        };
+        self.server_certificate(&probe, name, prefix, tls_failure);
         match handshake {
             Ok(()) => {}
-            Err(rustls::Error::InvalidCertificate(_)) => return,
-            Err(error) if probe.client_certificate_requested() => {
+            Err(NoAnswer::Silent) => {
+                return self.fail(&format!(
+                    "the server stopped answering during the TLS handshake (nothing within {STEP_TIMEOUT:?}): it is hung or overloaded"
+                ))
+            }
+            Err(NoAnswer::Rejected(rustls::Error::InvalidCertificate(_))) => return,
+            Err(NoAnswer::Rejected(error)) if probe.client_certificate_requested() => {
                 return self.fail(&client_rejection(&error))
             }
-            Err(error) => return self.fail(&format!("TLS handshake failed: {error}")),
+            Err(NoAnswer::Rejected(error)) => {
+                return self.fail(&format!("TLS handshake failed: {error}"))
+            }
         }
         let version = connection
             .protocol_version()
@@ -174,7 +185,10 @@ impl Report {
             )),
             (true, true) => match first_answer(&mut connection, &mut tcp) {
                 Ok(()) => self.ok("the server asked for our client certificate and accepted it"),
-                Err(error) => self.fail(&client_rejection(&error)),
+                Err(NoAnswer::Rejected(error)) => self.fail(&client_rejection(&error)),
+                Err(NoAnswer::Silent) => self.fail(&format!(
+                    "the handshake completed, then the server sent nothing within {STEP_TIMEOUT:?}: it is hung or overloaded, or not a gRPC server (whether it accepts our client certificate is unknown)"
+                )),
             },
         }
     }
@@ -244,35 +258,47 @@ fn connect(endpoint: &Endpoint) -> Result<TcpStream, String> {
 fn complete_handshake(
     connection: &mut ClientConnection,
     tcp: &mut TcpStream,
-) -> Result<(), rustls::Error> {
+) -> Result<(), NoAnswer> {
     while connection.is_handshaking() {
-        connection.complete_io(tcp).map_err(tls_error)?;
+        connection.complete_io(tcp)?;
     }
     Ok(())
 }
 
+/// Why the server did not complete the handshake or answer the HTTP/2 preface.
+enum NoAnswer {
+    /// It closed the connection or sent an alert: a TLS 1.3 server's way to reject the client
+    /// certificate after the handshake.
+    Rejected(rustls::Error),
+    /// Nothing arrived before the read timeout.
+    Silent,
+}
+
+impl From<std::io::Error> for NoAnswer {
+    fn from(error: std::io::Error) -> NoAnswer {
+        match error.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => NoAnswer::Silent,
+            _ => NoAnswer::Rejected(tls_error(error)),
+        }
+    }
+}
+
 /// Sends the HTTP/2 preface and waits for the server's first bytes (its SETTINGS) — or the alert
 /// by which a TLS 1.3 server rejects the client certificate.
-fn first_answer(
-    connection: &mut ClientConnection,
-    tcp: &mut TcpStream,
-) -> Result<(), rustls::Error> {
-    connection
-        .writer()
-        .write_all(HTTP2_PREFACE)
-        .map_err(tls_error)?;
+fn first_answer(connection: &mut ClientConnection, tcp: &mut TcpStream) -> Result<(), NoAnswer> {
+    connection.writer().write_all(HTTP2_PREFACE)?;
     let mut buffer = [0u8; 256];
     loop {
-        connection.complete_io(tcp).map_err(tls_error)?;
+        connection.complete_io(tcp)?;
         match connection.reader().read(&mut buffer) {
             Ok(0) => {
-                return Err(rustls::Error::General(
+                return Err(NoAnswer::Rejected(rustls::Error::General(
                     "the server closed the connection".into(),
-                ))
+                )))
             }
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(tls_error(e)),
+            Err(e) => return Err(NoAnswer::Rejected(tls_error(e))),
         }
     }
 }
@@ -411,10 +437,7 @@ struct RecordingVerifier {
 
 impl RecordingVerifier {
     fn presented(&self) -> Vec<CertificateDer<'static>> {
-        self.presented
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.presented).clone()
     }
 }
 
@@ -427,10 +450,7 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self
-            .presented
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = std::iter::once(end_entity)
+        *lock(&self.presented) = std::iter::once(end_entity)
             .chain(intermediates)
             .map(|c| c.clone().into_owned())
             .collect();

@@ -22,11 +22,16 @@ pub struct Endpoint {
 impl Endpoint {
     /// The `host:port` target gRPC dials (IPv6 literals are bracketed).
     pub fn target(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
+    }
+}
+
+/// `host:port`, with an IPv6 literal host in brackets (`[fd00::1]:7777`).
+pub fn host_port(host: &str, port: impl fmt::Display) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -103,6 +108,8 @@ pub struct Timing {
     pub assign_retry_budget: Duration,
     /// Time from SIGTERM until queued matches are released and the process exits.
     pub shutdown_timeout: Duration,
+    /// Longest a match may wait for an allocator worker before its tickets are released.
+    pub queue_timeout: Duration,
 }
 
 /// The whole validated configuration.
@@ -427,6 +434,7 @@ fn read_timing(r: &mut Reader) -> Option<Timing> {
     let allocate_retry_budget = r.parsed("ALLOCATE_RETRY_BUDGET", "20s", parse_duration);
     let assign_retry_budget = r.parsed("ASSIGN_RETRY_BUDGET", "10s", parse_duration);
     let shutdown_timeout = r.parsed("SHUTDOWN_TIMEOUT", "25s", parse_duration);
+    let queue_timeout = r.parsed("QUEUE_TIMEOUT", "10s", positive);
     Some(Timing {
         interval: interval?,
         fetch_timeout: fetch_timeout?,
@@ -435,6 +443,7 @@ fn read_timing(r: &mut Reader) -> Option<Timing> {
         allocate_retry_budget: allocate_retry_budget?,
         assign_retry_budget: assign_retry_budget?,
         shutdown_timeout: shutdown_timeout?,
+        queue_timeout: queue_timeout?,
     })
 }
 
@@ -559,7 +568,7 @@ pub fn is_label_value(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_certs::{TempDir, TestCa, Usage};
+    use crate::doubles::certs::{TempDir, TestCa, Usage};
     use std::collections::HashMap;
 
     /// A directory with a valid Agones CA, client cert and key, plus the variables naming them.
@@ -643,6 +652,7 @@ mod tests {
                 allocate_retry_budget: s(20),
                 assign_retry_budget: s(10),
                 shutdown_timeout: s(25),
+                queue_timeout: s(10),
             }
         );
         assert_eq!(config.allocator_threads, 8);
@@ -864,5 +874,97 @@ mod tests {
         let key_body = key.lines().nth(1).unwrap();
         assert!(!debug.contains(key_body));
         assert!(debug.contains("<redacted>"));
+    }
+
+    /// Every variable the Director reads that takes a value of its own syntax.
+    const FUZZED: &[&str] = &[
+        "OPENMATCH_BACKEND_ADDR",
+        "OPENMATCH_BACKEND_PORT",
+        "OPENMATCH_MATCH_FUNCTION_PORT",
+        "AGONES_ALLOCATOR_ADDR",
+        "AGONES_ALLOCATOR_PORT",
+        "AGONES_MULTICLUSTER",
+        "REGIONS",
+        "RANGES",
+        "INTERVAL",
+        "FETCH_TIMEOUT",
+        "ALLOCATE_TIMEOUT",
+        "ASSIGN_TIMEOUT",
+        "ALLOCATE_RETRY_BUDGET",
+        "ASSIGN_RETRY_BUDGET",
+        "SHUTDOWN_TIMEOUT",
+        "QUEUE_TIMEOUT",
+        "ALLOCATOR_THREADS",
+        "QUEUE_CAPACITY",
+        "METRICS_ADDR",
+        "CERT_RELOAD_INTERVAL",
+    ];
+
+    /// Text that looks like configuration values: digits, units, separators, and anything else.
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "[0-9a-z:,.\\- ]{0,24}",
+            "[0-9]{1,22}(ms|s|m|h)?",
+            "([0-9]{1,6}-[0-9]{1,6},?){0,6}",
+            proptest::string::string_regex(".{0,24}").unwrap(),
+        ]
+    }
+
+    /// Property tests of a parser of outside input (`make fuzz` runs many more cases).
+    mod fuzz {
+        use super::*;
+
+        proptest::proptest! {
+            #[test]
+            fn any_values_give_a_config_or_errors_naming_their_variable(
+                values in proptest::collection::vec(value(), FUZZED.len())
+            ) {
+                let fixture = Fixture::new();
+            let mut vars = fixture.vars.clone();
+                for (name, value) in FUZZED.iter().zip(&values) {
+                    vars.insert(name.to_string(), value.clone());
+                }
+                if let Err(ConfigErrors(problems)) = Config::from_lookup(&|name| vars.get(name).cloned()) {
+                    proptest::prop_assert!(!problems.is_empty());
+                    for problem in &problems {
+                        let named = FUZZED.iter().any(|name| problem.starts_with(&format!("{name}: ")));
+                        proptest::prop_assert!(named, "{problem:?} names no variable");
+                    }
+                }
+            }
+
+            #[test]
+            fn durations_parse_or_explain(text in value()) {
+                if let Ok(duration) = parse_duration(&text) {
+                    let back = format!("{}ms", duration.as_millis());
+                    proptest::prop_assert_eq!(parse_duration(&back), Ok(duration));
+                }
+            }
+
+            #[test]
+            fn parsed_bands_are_ordered_and_disjoint(text in value()) {
+                if let Ok(bands) = parse_bands(&text) {
+                    proptest::prop_assert!(!bands.is_empty());
+                    for band in &bands {
+                        proptest::prop_assert!(band.min <= band.max);
+                    }
+                    for (i, a) in bands.iter().enumerate() {
+                        for b in &bands[i + 1..] {
+                            proptest::prop_assert!(a.max < b.min || b.max < a.min, "{a:?} overlaps {b:?}");
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn parsed_regions_are_distinct_label_values(text in value()) {
+                if let Ok(regions) = parse_regions(&text) {
+                    for (i, region) in regions.iter().enumerate() {
+                        proptest::prop_assert!(is_label_value(region) && !region.is_empty());
+                        proptest::prop_assert!(!regions[..i].contains(region));
+                    }
+                }
+            }
+        }
     }
 }

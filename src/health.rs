@@ -7,33 +7,38 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use grpcio::{Channel, ConnectivityState};
+
+use crate::sync::lock;
 
 /// One thread's signs of life.
 pub struct Heartbeat {
     name: String,
     limit: Duration,
     origin: Instant,
+    /// Milliseconds since `origin` of the last progress, or [`WAITING`]: one atomic, so that a
+    /// probe never sees a wait ended without the progress that ends it.
     last_progress_ms: AtomicU64,
-    waiting: AtomicBool,
     exited: AtomicBool,
 }
+
+/// `last_progress_ms` while the thread waits for work.
+const WAITING: u64 = u64::MAX;
 
 impl Heartbeat {
     /// Notes that the thread made progress.
     pub fn progress(&self) {
-        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(WAITING - 1);
         self.last_progress_ms.store(now, Ordering::Relaxed);
     }
 
     /// Runs `wait` (a wait for work of unbounded length) with the thread counted as waiting.
     pub fn waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
-        self.waiting.store(true, Ordering::Relaxed);
+        self.last_progress_ms.store(WAITING, Ordering::Relaxed);
         let result = wait();
-        self.waiting.store(false, Ordering::Relaxed);
         self.progress();
         result
     }
@@ -48,10 +53,10 @@ impl Heartbeat {
         if self.exited.load(Ordering::Relaxed) {
             return (!stopping).then(|| format!("thread {} has ended", self.name));
         }
-        if self.waiting.load(Ordering::Relaxed) {
-            return None;
-        }
-        let since = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+        let since = match self.last_progress_ms.load(Ordering::Relaxed) {
+            WAITING => return None,
+            ms => Duration::from_millis(ms),
+        };
         let quiet = now.saturating_sub(since);
         (quiet > self.limit).then(|| {
             format!(
@@ -98,7 +103,6 @@ impl Health {
             limit,
             origin: self.origin,
             last_progress_ms: AtomicU64::new(0),
-            waiting: AtomicBool::new(false),
             exited: AtomicBool::new(false),
         });
         heartbeat.progress();
@@ -174,10 +178,6 @@ impl Health {
             Err(problems.join("\n") + "\n")
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -1,22 +1,30 @@
 //! The operations HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
 //!
-//! Deliberately tiny and defensive: one accept thread, one short-lived thread per connection (at
-//! most [`MAX_CONNECTIONS`] at once; more are closed at once), a read deadline, a bound on the
-//! request size, one request per connection. A slow, silent, oversized or malformed client costs
-//! one thread for at most [`READ_TIMEOUT`] and never touches matchmaking.
+//! Deliberately tiny and defensive: one accept thread, one short-lived thread per connection, one
+//! request per connection, a bound on the request size, and one deadline ([`REQUEST_TIMEOUT`]) for
+//! the whole request head however its bytes trickle in. At most [`MAX_CONNECTIONS`] connections
+//! wait for their request at once; when one more arrives, the one that has waited longest is
+//! closed to make room. A probe sends its request at once, so slow, silent or oversized clients
+//! only ever push each other out, never the kubelet, and never touch matchmaking.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Longest time a client may take to send its request.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::sync::lock;
+
+/// Longest time a client may take to send its whole request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time writing a response may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time spent discarding a client's unread input after answering.
+const LINGER: Duration = Duration::from_secs(1);
 /// Largest request head accepted.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// Most connections served at once.
+/// Most connections waiting for their request at once; the oldest is closed for a newcomer.
 pub const MAX_CONNECTIONS: usize = 32;
 
 /// A response: status code, content type, body.
@@ -53,45 +61,68 @@ pub type Handler = dyn Fn(&str) -> Response + Send + Sync;
 pub fn serve(address: SocketAddr, handler: Arc<Handler>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
-    let open = Arc::new(AtomicUsize::new(0));
     thread::Builder::new()
         .name("http".into())
-        .spawn(move || accept_loop(&listener, &handler, &open))?;
+        .spawn(move || accept_loop(&listener, &handler))?;
     Ok(bound)
 }
 
-fn accept_loop(listener: &TcpListener, handler: &Arc<Handler>, open: &Arc<AtomicUsize>) {
+/// The connections still reading their request head, oldest first.
+#[derive(Default)]
+struct Reading {
+    next_id: u64,
+    connections: VecDeque<(u64, TcpStream)>,
+}
+
+impl Reading {
+    /// Registers `stream`, first closing the oldest connections beyond the cap; returns its id.
+    fn admit(&mut self, stream: &TcpStream) -> Option<u64> {
+        while self.connections.len() >= MAX_CONNECTIONS {
+            let (_, oldest) = self.connections.pop_front()?;
+            let _ = oldest.shutdown(Shutdown::Both);
+        }
+        let handle = stream.try_clone().ok()?;
+        self.next_id += 1;
+        self.connections.push_back((self.next_id, handle));
+        Some(self.next_id)
+    }
+
+    /// Forgets connection `id` (its head is read, or it is gone).
+    fn done(&mut self, id: u64) {
+        self.connections.retain(|(other, _)| *other != id);
+    }
+}
+
+fn accept_loop(listener: &TcpListener, handler: &Arc<Handler>) {
+    let reading = Arc::new(Mutex::new(Reading::default()));
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             // Out of file descriptors or similar: back off instead of spinning.
             thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
+        let Some(id) = lock(&reading).admit(&stream) else {
             continue;
-        }
+        };
         let handler = Arc::clone(handler);
-        let slot = Arc::clone(open);
+        let registry = Arc::clone(&reading);
         let spawned = thread::Builder::new()
             .name("http-conn".into())
-            .spawn(move || {
-                serve_connection(stream, &handler);
-                slot.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || serve_connection(stream, &handler, || lock(&registry).done(id)));
         if spawned.is_err() {
-            open.fetch_sub(1, Ordering::SeqCst);
+            lock(&reading).done(id);
         }
     }
 }
 
-fn serve_connection(mut stream: TcpStream, handler: &Arc<Handler>) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-    let response = match read_request_head(&mut stream) {
-        Ok(head) => route(&head, handler),
+/// Reads one request within [`REQUEST_TIMEOUT`], calls `head_read` once it has (or has given
+/// up), then answers.
+fn serve_connection(mut stream: TcpStream, handler: &Arc<Handler>, head_read: impl FnOnce()) {
+    let head = read_request_head(&mut stream, Instant::now() + REQUEST_TIMEOUT);
+    head_read();
+    let response = match head {
+        Ok(head) => requested_path(&head).map_or_else(|refusal| refusal, |path| handler(path)),
         Err(RequestError::TooLarge) => Response::text(431, "request too large\n".into()),
-        Err(RequestError::Malformed) => Response::text(400, "bad request\n".into()),
         Err(RequestError::Gone) => return,
     };
     let head = format!(
@@ -101,24 +132,52 @@ fn serve_connection(mut stream: TcpStream, handler: &Arc<Handler>) {
         response.content_type,
         response.body.len()
     );
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream
         .write_all(head.as_bytes())
         .and_then(|()| stream.write_all(response.body.as_bytes()));
+    linger(&mut stream);
+}
+
+/// Closes our side, then reads and discards what the client still sends, for at most
+/// [`LINGER`]: closing a socket with unread input resets the connection, and the client would
+/// lose the answer (a 431 for an oversized head, say) before reading it.
+fn linger(stream: &mut TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 16 * 1024];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 enum RequestError {
     TooLarge,
-    Malformed,
     Gone,
 }
 
-/// Reads up to the blank line that ends the request head.
-fn read_request_head(stream: &mut TcpStream) -> Result<String, RequestError> {
+/// Reads up to the blank line that ends the request head, all of it before `deadline`.
+fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, RequestError> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() >= MAX_REQUEST_BYTES {
             return Err(RequestError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(RequestError::Gone);
         }
         match stream.read(&mut chunk) {
             Ok(0) => return Err(RequestError::Gone),
@@ -127,26 +186,27 @@ fn read_request_head(stream: &mut TcpStream) -> Result<String, RequestError> {
             Err(_) => return Err(RequestError::Gone),
         }
     }
-    String::from_utf8(head).map_err(|_| RequestError::Malformed)
+    Ok(head)
 }
 
-/// The response for a request head.
-fn route(head: &str, handler: &Arc<Handler>) -> Response {
+/// The path a request head asks for (`GET <path>[?query] HTTP/1.x`), or the refusal to send.
+fn requested_path(head: &[u8]) -> Result<&str, Response> {
+    let bad_request = || Response::text(400, "bad request\n".into());
+    let head = std::str::from_utf8(head).map_err(|_| bad_request())?;
     let request_line = head.lines().next().unwrap_or_default();
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Response::text(400, "bad request\n".into());
+        return Err(bad_request());
     };
     if !version.starts_with("HTTP/1.") {
-        return Response::text(400, "bad request\n".into());
+        return Err(bad_request());
     }
     if method != "GET" {
-        return Response::text(405, "only GET\n".into());
+        return Err(Response::text(405, "only GET\n".into()));
     }
-    let path = target.split('?').next().unwrap_or_default();
-    handler(path)
+    Ok(target.split('?').next().unwrap_or_default())
 }
 
 fn reason(status: u16) -> &'static str {
@@ -194,18 +254,81 @@ mod tests {
     }
 
     #[test]
-    fn oversized_and_silent_clients_do_not_block_others() {
+    fn an_oversized_head_gets_431_and_a_silent_client_blocks_no_one() {
         let address = start();
         let silent = TcpStream::connect(address).unwrap();
         let mut huge = Vec::from(&b"GET /hello HTTP/1.1\r\nX-Big: "[..]);
         huge.resize(1024 * 1024, b'a');
         let refused = exchange(address, &huge);
-        assert!(
-            refused.is_empty() || refused.starts_with("HTTP/1.1 431"),
-            "{refused}"
-        );
+        assert!(refused.starts_with("HTTP/1.1 431"), "{refused:?}");
         let ok = exchange(address, b"GET /hello HTTP/1.1\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200"));
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
         drop(silent);
+    }
+
+    #[test]
+    fn a_head_trickling_in_is_cut_off_at_the_request_deadline() {
+        let address = start();
+        let mut slow = TcpStream::connect(address).unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let started = Instant::now();
+        let mut closed = false;
+        for _ in 0..(REQUEST_TIMEOUT.as_millis() / 100 * 3) {
+            if slow.write_all(b"G").is_err() {
+                closed = true;
+                break;
+            }
+            let mut byte = [0u8; 1];
+            match slow.read(&mut byte) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => panic!("an answer to an unfinished head"),
+                Err(_) => {}
+            }
+        }
+        assert!(closed, "the connection outlived its request deadline");
+        assert!(started.elapsed() >= REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn past_the_cap_the_longest_waiting_connection_makes_room() {
+        let address = start();
+        let mut oldest = TcpStream::connect(address).unwrap();
+        let _others: Vec<TcpStream> = (1..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(address).unwrap())
+            .collect();
+        let ok = exchange(address, b"GET /hello HTTP/1.1\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
+        oldest.set_read_timeout(Some(REQUEST_TIMEOUT / 2)).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            oldest.read(&mut byte).unwrap(),
+            0,
+            "the oldest silent connection was closed for the newcomer"
+        );
+    }
+
+    /// Property tests of a parser of outside input (`make fuzz` runs many more cases).
+    mod fuzz {
+        use super::*;
+
+        proptest::proptest! {
+            #[test]
+            fn any_request_head_gets_a_path_or_a_refusal(head in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+                match requested_path(&head) {
+                    Ok(path) => proptest::prop_assert!(!path.contains(' ') && !path.contains('?')),
+                    Err(refusal) => proptest::prop_assert!(matches!(refusal.status, 400 | 405)),
+                }
+            }
+
+            #[test]
+            fn a_well_formed_get_yields_its_path(path in "/[a-z0-9/_.-]{0,40}", query in "[a-z=&]{0,10}", headers in "([A-Za-z-]{1,10}: [ -~]{0,20}\r\n){0,5}") {
+                let head = format!("GET {path}?{query} HTTP/1.1\r\n{headers}\r\n");
+                proptest::prop_assert_eq!(requested_path(head.as_bytes()).ok(), Some(path.as_str()));
+            }
+        }
     }
 }

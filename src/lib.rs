@@ -8,6 +8,8 @@
 pub mod allocator;
 pub mod check;
 pub mod config;
+#[cfg(any(test, feature = "sim"))]
+pub mod doubles;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -19,14 +21,10 @@ pub mod retry;
 pub mod rotation;
 pub mod rpc;
 pub mod shutdown;
+pub mod summary;
+pub mod sync;
 pub mod tls;
 pub mod x509;
 
 /// The user agent sent on every gRPC channel.
 pub const USER_AGENT: &str = concat!("agones-openmatch-director/", env!("CARGO_PKG_VERSION"));
-
-/// Test certificates, shared with the end-to-end tests.
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../tests/support/certs.rs"]
-mod test_certs;

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::sync::lock;
 
 /// A counter family with labels; one series per distinct label values.
 pub struct CounterVec {
@@ -28,12 +30,7 @@ impl CounterVec {
     /// Adds `by` to the series with these label values (in the order of the family's labels).
     pub fn add(&self, values: &[&str], by: u64) {
         let key = values.iter().map(|v| v.to_string()).collect();
-        *self
-            .series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_insert(0) += by;
+        *lock(&self.series).entry(key).or_insert(0) += by;
     }
 
     /// Adds one.
@@ -43,27 +40,23 @@ impl CounterVec {
 
     /// The sum over all series.
     pub fn sum(&self) -> u64 {
-        self.series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .sum()
+        lock(&self.series).values().sum()
     }
 
     /// The value of one series (0 if it does not exist yet).
     pub fn get(&self, values: &[&str]) -> u64 {
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        self.series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .copied()
-            .unwrap_or(0)
+        lock(&self.series).get(&key).copied().unwrap_or(0)
+    }
+
+    /// Every series and its value now.
+    pub fn snapshot(&self) -> BTreeMap<Vec<String>, u64> {
+        lock(&self.series).clone()
     }
 
     fn render(&self, out: &mut String, kind: &str) {
         header(out, self.name, self.help, kind);
-        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let series = lock(&self.series);
         for (values, count) in series.iter() {
             let _ = writeln!(
                 out,
@@ -116,9 +109,18 @@ const BUCKETS: [f64; 14] = [
 pub struct Histogram {
     name: &'static str,
     help: &'static str,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Under one lock, so that a scrape sees the buckets, the sum and the count of the same
+    /// observations (never a `+Inf` bucket below a finite one).
+    observations: Mutex<Observations>,
+}
+
+/// A histogram's data.
+#[derive(Clone, Copy)]
+struct Observations {
+    /// Cumulative: observations at or below each bound of [`BUCKETS`].
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
 }
 
 impl Histogram {
@@ -126,43 +128,42 @@ impl Histogram {
         Histogram {
             name,
             help,
-            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            observations: Mutex::new(Observations {
+                buckets: [0; BUCKETS.len()],
+                count: 0,
+                sum_micros: 0,
+            }),
         }
     }
 
     /// Records one observation.
     pub fn observe(&self, duration: Duration) {
         let seconds = duration.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let mut observations = lock(&self.observations);
+        for (bucket, bound) in observations.buckets.iter_mut().zip(BUCKETS) {
             if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
+                *bucket += 1;
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        observations.count += 1;
+        observations.sum_micros = observations.sum_micros.saturating_add(micros);
     }
 
     /// How many observations were recorded.
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        lock(&self.observations).count
     }
 
     fn render(&self, out: &mut String) {
+        let observations = *lock(&self.observations);
         header(out, self.name, self.help, "histogram");
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{}_bucket{{le=\"{bound}\"}} {}",
-                self.name,
-                bucket.load(Ordering::Relaxed)
-            );
+        for (bucket, bound) in observations.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(out, "{}_bucket{{le=\"{bound}\"}} {bucket}", self.name);
         }
-        let count = self.count();
+        let count = observations.count;
         let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {count}", self.name);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = observations.sum_micros as f64 / 1e6;
         let _ = writeln!(out, "{}_sum {sum}", self.name);
         let _ = writeln!(out, "{}_count {count}", self.name);
     }
@@ -196,6 +197,9 @@ pub struct Metrics {
     pub certificate_reloads: CounterVec,
     /// Not-after time of each certificate file (Unix seconds), by file.
     certificate_expiry: Mutex<BTreeMap<String, i64>>,
+    /// Matches in the queue: counted here by the fetchers and workers, so that nothing else holds
+    /// an end of the channel (a send must fail when no worker is left).
+    queue_depth: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -263,19 +267,35 @@ impl Metrics {
                 &["endpoint", "result"],
             ),
             certificate_expiry: Mutex::new(BTreeMap::new()),
+            queue_depth: AtomicI64::new(0),
         }
+    }
+
+    /// Notes that a match entered the queue.
+    pub fn queued(&self) {
+        self.queue_depth.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes that a worker took a match off the queue.
+    pub fn dequeued(&self) {
+        self.queue_depth.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Matches in the queue (a worker may count its take before the fetcher counts the send).
+    pub fn queue_depth(&self) -> u64 {
+        self.queue_depth
+            .load(Ordering::Relaxed)
+            .max(0)
+            .unsigned_abs()
     }
 
     /// Records the not-after time of a certificate file.
     pub fn set_certificate_expiry(&self, file: &str, not_after: i64) {
-        self.certificate_expiry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(file.to_string(), not_after);
+        lock(&self.certificate_expiry).insert(file.to_string(), not_after);
     }
 
-    /// The whole exposition, with the queue depth sampled by the caller.
-    pub fn render(&self, queue_depth: usize) -> String {
+    /// The whole exposition.
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         header(
             &mut out,
@@ -306,17 +326,14 @@ impl Metrics {
             "Matches waiting in the queue for an allocator worker.",
             "gauge",
         );
-        let _ = writeln!(out, "director_queue_depth {queue_depth}");
+        let _ = writeln!(out, "director_queue_depth {}", self.queue_depth());
         header(
             &mut out,
             "director_certificate_expiry_timestamp_seconds",
             "Not-after time of each certificate file, Unix seconds.",
             "gauge",
         );
-        let expiry = self
-            .certificate_expiry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let expiry = lock(&self.certificate_expiry);
         for (file, not_after) in expiry.iter() {
             let _ = writeln!(
                 out,
@@ -365,7 +382,9 @@ mod tests {
             .add(&["latency-eu-0-24", "UNAVAILABLE"], 2);
         metrics.tickets_assigned.add(4);
         metrics.set_certificate_expiry("/etc/a \"b\"", 1_700_000_000);
-        let text = metrics.render(3);
+        (0..4).for_each(|_| metrics.queued());
+        metrics.dequeued();
+        let text = metrics.render();
         assert!(text.contains(
             "director_fetch_errors_total{profile=\"latency-eu-0-24\",code=\"UNAVAILABLE\"} 3\n"
         ));
@@ -379,6 +398,38 @@ mod tests {
         assert!(text.contains("director_build_info{version=\""));
     }
 
+    /// The bucket values of `name` in a rendered exposition, `+Inf` last.
+    fn buckets(text: &str, name: &str) -> Vec<u64> {
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}_bucket{{")))
+            .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_scrape_during_observations_sees_consistent_buckets() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let observer = {
+            let metrics = std::sync::Arc::clone(&metrics);
+            std::thread::spawn(move || {
+                for _ in 0..200_000 {
+                    metrics
+                        .allocation_duration
+                        .observe(Duration::from_micros(500));
+                }
+            })
+        };
+        while !observer.is_finished() {
+            let text = metrics.render();
+            let values = buckets(&text, "director_allocation_duration_seconds");
+            assert!(
+                values.windows(2).all(|pair| pair[0] <= pair[1]),
+                "buckets not cumulative: {values:?}"
+            );
+        }
+        observer.join().unwrap();
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative() {
         let metrics = Metrics::new();
@@ -386,7 +437,7 @@ mod tests {
             .allocation_duration
             .observe(Duration::from_millis(3));
         metrics.allocation_duration.observe(Duration::from_secs(2));
-        let text = metrics.render(0);
+        let text = metrics.render();
         assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("director_allocation_duration_seconds_bucket{le=\"2.5\"} 2\n"));

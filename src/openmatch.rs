@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
-use grpcio::{CallOption, Channel, ChannelBuilder, Environment, RpcStatusCode};
+use grpcio::{CallOption, Channel, Environment, RpcStatusCode};
 
 use crate::config::Endpoint;
 use crate::proto::backend::{
@@ -14,19 +14,13 @@ use crate::proto::backend::{
 };
 use crate::proto::backend_grpc::BackendServiceClient;
 use crate::proto::messages::{Assignment, Match, MatchProfile};
-use crate::rpc::RpcError;
+use crate::rpc::{channel_builder, RpcError};
 use crate::shutdown::Shutdown;
 use crate::tls::{self, TlsMaterial};
 
-/// Longest pause between reconnection attempts (gRPC's own default is two minutes).
-pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
-
 /// Opens the (lazily connecting) channel to the Open Match backend, with TLS when configured.
 pub fn connect(env: Arc<Environment>, backend: &Endpoint, tls: Option<&TlsMaterial>) -> Channel {
-    let builder = ChannelBuilder::new(env)
-        .primary_user_agent(crate::USER_AGENT)
-        .initial_reconnect_backoff(Duration::from_millis(200))
-        .max_reconnect_backoff(MAX_RECONNECT_BACKOFF);
+    let builder = channel_builder(env);
     let target = backend.target();
     match tls {
         Some(material) => builder

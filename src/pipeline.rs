@@ -5,6 +5,7 @@
 //! *abandoned* (Open Match could not be reached to release them; they return after its
 //! pending-release timeout).
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -23,10 +24,14 @@ use crate::profiles::Profile;
 use crate::proto::backend::AssignmentFailure_Cause;
 use crate::proto::messages::Match;
 use crate::retry::{fetch_backoff, retry, RetryPolicy};
-use crate::rotation::{self, TlsFiles, Versioned, Watched};
+use crate::rotation::{self, Versioned, Watched};
 use crate::rpc::{code_name, RpcError};
 use crate::shutdown::Shutdown;
+use crate::summary;
 use crate::tls::TlsMaterial;
+
+/// What a forced shutdown grants a last call beyond its deadline, and leaves for the accounting.
+const FINAL_ACCOUNTING_TIME: Duration = Duration::from_millis(500);
 
 /// Slack added to a thread's longest legitimate call chain before it counts as stuck.
 const LIVENESS_MARGIN: Duration = Duration::from_secs(10);
@@ -86,6 +91,20 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The totals when the shutdown bound is reached with calls still running: the matches they
+    /// hold are counted as abandoned (Open Match returns their tickets after its pending-release
+    /// timeout), so that the accounting adds up.
+    pub fn unfinished_abandoned(metrics: &Metrics) -> Totals {
+        let mut totals = Totals::of(metrics);
+        let finished = totals.assigned + totals.released + totals.abandoned;
+        let unfinished = totals.received.saturating_sub(finished);
+        log::error!(
+            "Shutdown bound reached with {unfinished} matches still in Open Match or allocator calls that did not end in time; counted as abandoned (their tickets return after Open Match's pending-release timeout; their ids are in the log lines above)"
+        );
+        totals.abandoned += unfinished;
+        totals
+    }
+
     /// The totals the metrics hold now.
     pub fn of(metrics: &Metrics) -> Totals {
         let finished = |outcome: Outcome| metrics.matches_finished.get(&[outcome.label()]);
@@ -112,6 +131,8 @@ struct Shared {
     agones: AgonesConfig,
     allocate: RetryPolicy,
     assign: RetryPolicy,
+    /// Longest a match may wait for a worker before it is released instead (QUEUE_TIMEOUT).
+    queue_timeout: Duration,
 }
 
 /// Runs the Director until shutdown is requested and the work is drained (or the shutdown
@@ -123,9 +144,14 @@ pub fn run(
 ) -> std::io::Result<Totals> {
     let shared = Arc::new(shared_state(config, shutdown));
     start_certificate_watch(config, &shared)?;
+    summary::start(
+        config.timing.interval,
+        Arc::clone(&shared.metrics),
+        Arc::clone(shutdown),
+    )?;
     let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.queue_capacity);
     if let Some(address) = config.metrics_addr {
-        let bound = http::serve(address, operations_handler(&shared, queue_rx.clone()))
+        let bound = http::serve(address, operations_handler(&shared))
             .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {address}: {e}")))?;
         log::info!("Serving /metrics, /healthz and /readyz on http://{bound}");
     }
@@ -166,6 +192,12 @@ pub fn run(
         log::warn!("Shutdown timeout reached: cancelling fetches and releasing queued matches");
         shutdown.force();
     }
+    // Forced: every call still running ends within one ASSIGN_TIMEOUT (releases are not retried);
+    // past that, whatever Open Match or the allocator does, the Director stops waiting.
+    let last_call_ends = Instant::now() + timing.assign_timeout + FINAL_ACCOUNTING_TIME;
+    if alive_rx.recv_deadline(last_call_ends) == Err(RecvTimeoutError::Timeout) {
+        return Ok(Totals::unfinished_abandoned(&shared.metrics));
+    }
     for thread in threads {
         if thread.join().is_err() {
             log::error!("A pipeline thread ended with a panic");
@@ -203,6 +235,7 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
             budget: timing.assign_retry_budget,
             retryable: openmatch::is_retryable,
         },
+        queue_timeout: timing.queue_timeout,
     }
 }
 
@@ -210,11 +243,11 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
 fn start_certificate_watch(config: &Config, shared: &Arc<Shared>) -> std::io::Result<()> {
     rotation::record_expiry(&config.agones.tls, &shared.metrics);
     let agones_tls = Arc::clone(&shared.agones_tls);
-    let mut watched = vec![Watched {
-        endpoint: "agones",
-        files: TlsFiles::of(&config.agones.tls),
-        apply: Box::new(move |material| agones_tls.replace(material)),
-    }];
+    let mut watched = vec![Watched::new(
+        "agones",
+        &config.agones.tls,
+        move |material| agones_tls.replace(material),
+    )];
     if let Some(material) = &config.openmatch.tls {
         rotation::record_expiry(material, &shared.metrics);
         let (env, clients) = (Arc::clone(&shared.env), Arc::clone(&shared.openmatch));
@@ -222,14 +255,10 @@ fn start_certificate_watch(config: &Config, shared: &Arc<Shared>) -> std::io::Re
             config.openmatch.backend.clone(),
             config.openmatch.match_function.clone(),
         );
-        watched.push(Watched {
-            endpoint: "openmatch",
-            files: TlsFiles::of(material),
-            apply: Box::new(move |material| {
-                let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
-                clients.replace(OpenMatchClient::new(channel, &function));
-            }),
-        });
+        watched.push(Watched::new("openmatch", material, move |material| {
+            let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
+            clients.replace(OpenMatchClient::new(channel, &function));
+        }));
     }
     rotation::watch(
         watched,
@@ -240,14 +269,14 @@ fn start_certificate_watch(config: &Config, shared: &Arc<Shared>) -> std::io::Re
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz`.
-fn operations_handler(shared: &Arc<Shared>, queue: Receiver<MatchJob>) -> Arc<http::Handler> {
+fn operations_handler(shared: &Arc<Shared>) -> Arc<http::Handler> {
     let shared = Arc::clone(shared);
     let probe = |result: Result<String, String>| match result {
         Ok(body) => Response::text(200, body),
         Err(body) => Response::text(503, body),
     };
     Arc::new(move |path: &str| match path {
-        "/metrics" => Response::metrics(shared.metrics.render(queue.len())),
+        "/metrics" => Response::metrics(shared.metrics.render()),
         "/healthz" => probe(shared.health.liveness()),
         "/readyz" => probe(shared.health.readiness()),
         _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n".into()),
@@ -276,29 +305,32 @@ struct Fetcher {
     fetch_timeout: Duration,
 }
 
+/// How often a fetcher looks again for room in a full queue before its next FetchMatches.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
 impl Fetcher {
     fn run(self) {
         let mut failures = 0;
-        let mut held = Vec::new();
-        while !self.shared.shutdown.is_requested() {
+        while self.wait_for_room() {
             let (_, openmatch) = self.shared.openmatch.current();
             self.heartbeat.progress();
+            let mut backlog = VecDeque::new();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 openmatch.fetch_matches(
                     &self.profile.match_profile,
                     self.fetch_timeout,
                     &self.shared.shutdown,
-                    |m| self.enqueue(m, &mut held),
+                    |m| self.take(m, &mut backlog),
                 )
             }))
             .unwrap_or_else(|_| FetchOutcome {
                 received: 0,
                 error: Some(RpcError::new(
                     RpcStatusCode::INTERNAL,
-                    "bug: the fetcher panicked; matches already queued are still handled",
+                    "bug: the fetcher panicked; matches already received are still handled",
                 )),
             });
-            held.drain(..).for_each(|job| self.send(job));
+            self.drain(backlog, &openmatch);
             self.record(&outcome);
             let pause = match outcome.error {
                 None => {
@@ -337,6 +369,24 @@ impl Fetcher {
         self.heartbeat.exited();
     }
 
+    /// Backpressure, applied before a FetchMatches call rather than during one: every match a
+    /// stream carries is already pending in Open Match, so no stream starts while the queue is
+    /// full. Returns `false` once shutdown is requested.
+    fn wait_for_room(&self) -> bool {
+        self.heartbeat.waiting(|| loop {
+            if self.shared.shutdown.is_requested() {
+                return false;
+            }
+            if !self.queue.is_full() {
+                return true;
+            }
+            select! {
+                recv(self.shared.shutdown.requested_channel()) -> _ => return false,
+                default(ROOM_POLL) => {}
+            }
+        })
+    }
+
     fn record(&self, outcome: &FetchOutcome) {
         let name = self.profile.name.as_str();
         let result = match &outcome.error {
@@ -350,10 +400,9 @@ impl Fetcher {
         self.shared.health.fetch_finished(name, result);
     }
 
-    /// Queues a match as it comes off the stream. A full queue blocks (backpressure) until
-    /// shutdown is requested; from then on matches are held here instead, so that the rest of
-    /// the stream is read at once and every pending match is known (and later released).
-    fn enqueue(&self, m: Match, held: &mut Vec<MatchJob>) {
+    /// Takes a match as it comes off the stream: into the queue if it has room, else into the
+    /// stream's backlog. Never blocks, so the stream is always read to its end at once.
+    fn take(&self, m: Match, backlog: &mut VecDeque<MatchJob>) {
         let ticket_ids = distinct_ticket_ids(&m);
         if ticket_ids.is_empty() {
             log::warn!(
@@ -369,45 +418,138 @@ impl Fetcher {
             .metrics
             .matches_fetched
             .inc(&[self.profile.name.as_str()]);
-        let job = MatchJob {
+        backlog.push_back(MatchJob {
             profile: Arc::clone(&self.profile),
             match_id: m.get_match_id().to_string(),
             ticket_ids,
             received_at: Instant::now(),
-        };
-        if !held.is_empty() {
-            held.push(job);
-            return;
+        });
+        while let Some(job) = backlog.pop_front() {
+            match self.queue.try_send(job) {
+                Ok(()) => self.shared.metrics.queued(),
+                Err(refused) => {
+                    backlog.push_front(refused.into_inner());
+                    break;
+                }
+            }
         }
-        self.heartbeat.waiting(|| {
-            select! {
-                send(self.queue, job) -> sent => {
-                    if let Err(lost) = sent {
-                        self.abandon(lost.0);
+    }
+
+    /// Queues the backlog a stream left as room appears. Matches that cannot be queued before
+    /// their QUEUE_TIMEOUT passes or shutdown is forced, or that no worker is left to take, are
+    /// released together: the expired ones as soon as the queue takes a match again, or when
+    /// the backlog is through (matches of one stream expire within moments of each other).
+    fn drain(&self, backlog: VecDeque<MatchJob>, openmatch: &OpenMatchClient) {
+        let mut expired = Vec::new();
+        let mut orphaned = Vec::new();
+        for job in backlog {
+            let wait = (job.received_at + self.shared.queue_timeout)
+                .saturating_duration_since(Instant::now());
+            if wait.is_zero() || self.shared.shutdown.is_forced() {
+                expired.push(job);
+                continue;
+            }
+            let queued = self.heartbeat.waiting(|| {
+                select! {
+                    send(self.queue, job) -> sent => match sent {
+                        Ok(()) => true,
+                        Err(lost) => {
+                            orphaned.push(lost.into_inner());
+                            false
+                        }
+                    },
+                    recv(self.shared.shutdown.forced_channel()) -> _ => {
+                        expired.push(job);
+                        false
+                    }
+                    default(wait) => {
+                        expired.push(job);
+                        false
                     }
                 }
-                recv(self.shared.shutdown.requested_channel()) -> _ => held.push(job),
+            });
+            if queued {
+                self.shared.metrics.queued();
+                self.release_expired(&mut expired, openmatch);
             }
-        });
-    }
-
-    /// Queues a job, waiting for room.
-    fn send(&self, job: MatchJob) {
-        if let Err(lost) = self.heartbeat.waiting(|| self.queue.send(job)) {
-            self.abandon(lost.0);
+        }
+        self.release_expired(&mut expired, openmatch);
+        if !orphaned.is_empty() {
+            release_and_count(
+                &self.shared,
+                openmatch,
+                &orphaned,
+                "no allocator worker is left to take them",
+            );
         }
     }
 
-    fn abandon(&self, job: MatchJob) {
-        log::error!(
-            "No allocator worker is left to take match {}; its tickets {:?} wait for Open Match's pending-release timeout",
-            job.match_id,
-            job.ticket_ids
-        );
-        self.shared
-            .metrics
-            .matches_finished
-            .inc(&[Outcome::Abandoned.label()]);
+    /// Releases the matches in `expired` (if any) in one call and counts them.
+    fn release_expired(&self, expired: &mut Vec<MatchJob>, openmatch: &OpenMatchClient) {
+        if expired.is_empty() {
+            return;
+        }
+        let why = if self.shared.shutdown.is_forced() {
+            "shutting down".to_string()
+        } else {
+            format!(
+                "they waited longer than QUEUE_TIMEOUT ({:?}) for an allocator worker",
+                self.shared.queue_timeout
+            )
+        };
+        release_and_count(&self.shared, openmatch, expired, &why);
+        expired.clear();
+    }
+}
+
+/// [`release_matches`] within the usual budget, each match counted under the outcome.
+fn release_and_count(shared: &Shared, openmatch: &OpenMatchClient, jobs: &[MatchJob], why: &str) {
+    let outcome = release_matches(shared, openmatch, jobs, shared.assign.budget, why);
+    shared
+        .metrics
+        .matches_finished
+        .add(&[outcome.label()], jobs.len() as u64);
+}
+
+/// Returns the tickets of `jobs` to the pool in one ReleaseTickets call, retrying transient
+/// failures within `budget`. The outcome is each match's: released, or abandoned to Open Match's
+/// pending-release timeout when Open Match cannot be reached. Logs the match ids and `why`.
+fn release_matches(
+    shared: &Shared,
+    openmatch: &OpenMatchClient,
+    jobs: &[MatchJob],
+    budget: Duration,
+    why: &str,
+) -> Outcome {
+    let ticket_ids: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| j.ticket_ids.iter().cloned())
+        .collect();
+    let match_ids: Vec<&str> = jobs.iter().map(|j| j.match_id.as_str()).collect();
+    let policy = RetryPolicy {
+        budget,
+        ..shared.assign
+    };
+    match retry(
+        policy,
+        &shared.shutdown,
+        |timeout| openmatch.release(&ticket_ids, timeout),
+        |_, _| {},
+    ) {
+        Ok(()) => {
+            shared.metrics.tickets_released.add(ticket_ids.len() as u64);
+            log::warn!(
+                "Released {} tickets of match(es) {match_ids:?} back to the pool: {why}",
+                ticket_ids.len()
+            );
+            Outcome::Released
+        }
+        Err(error) => {
+            log::error!(
+                "ReleaseTickets for match(es) {match_ids:?} ({why}) failed: {error}; tickets {ticket_ids:?} wait for Open Match's pending-release timeout",
+            );
+            Outcome::Abandoned
+        }
     }
 }
 
@@ -458,19 +600,35 @@ impl Worker {
 
     fn run(mut self, queue: Receiver<MatchJob>) {
         while let Ok(job) = self.heartbeat.waiting(|| queue.recv()) {
+            self.shared.metrics.dequeued();
             self.refresh_clients();
+            if self.shared.shutdown.is_forced() {
+                self.release_queued(job, &queue);
+                continue;
+            }
             let outcome =
                 catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
                     log::error!(
                         "Bug: a worker panicked while handling match {}; releasing its tickets",
                         job.match_id
                     );
-                    self.release(&job, self.shared.assign.budget)
+                    self.release(&job, self.shared.assign.budget, "the worker panicked")
                 });
             self.shared.metrics.matches_finished.inc(&[outcome.label()]);
             self.heartbeat.progress();
         }
         self.heartbeat.exited();
+    }
+
+    /// After the shutdown deadline: `job` and every match still queued go back to the pool in
+    /// one ReleaseTickets call.
+    fn release_queued(&self, job: MatchJob, queue: &Receiver<MatchJob>) {
+        let mut jobs = vec![job];
+        for queued in queue.try_iter() {
+            self.shared.metrics.dequeued();
+            jobs.push(queued);
+        }
+        release_and_count(&self.shared, &self.openmatch, &jobs, "shutting down");
     }
 
     /// Between two matches: switches to new certificates or a new Open Match client if any.
@@ -490,13 +648,17 @@ impl Worker {
     }
 
     fn handle(&self, job: &MatchJob) -> Outcome {
-        if self.shared.shutdown.is_forced() {
-            log::info!("Releasing match {} (shutting down)", job.match_id);
-            return self.release(job, self.shared.assign.budget);
+        let budget = self.shared.assign.budget;
+        if job.received_at.elapsed() > self.shared.queue_timeout {
+            let why = format!(
+                "it waited longer than QUEUE_TIMEOUT ({:?}) for an allocator worker",
+                self.shared.queue_timeout
+            );
+            return self.release(job, budget, &why);
         }
         match self.allocate(job) {
             Some(server) => self.assign(job, &server),
-            None => self.release(job, self.shared.assign.budget),
+            None => self.release(job, budget, "no usable game server was allocated"),
         }
     }
 
@@ -536,7 +698,7 @@ impl Worker {
             &self.shared.shutdown,
             |timeout| self.allocate_once(job, &request, timeout),
             |error, pause| {
-                log::warn!(
+                log::debug!(
                     "Allocate for match {} (region {}) failed: {error}; retrying in {}ms",
                     job.match_id,
                     job.profile.region,
@@ -546,6 +708,19 @@ impl Worker {
         );
         let response = match response {
             Ok(response) => response,
+            Err(error)
+                if error.code == RpcStatusCode::CANCELLED && self.shared.shutdown.is_forced() =>
+            {
+                self.shared.metrics.orphaned_game_servers.add(1);
+                log::error!(
+                    "Allocate for match {} (region {}) was cancelled by the shutdown; a game server may have been allocated for it anyway and is counted as orphaned: look for the annotation {}={}",
+                    job.match_id,
+                    job.profile.region,
+                    allocator::MATCH_ID_ANNOTATION,
+                    job.match_id
+                );
+                return None;
+            }
             Err(error) => {
                 log::warn!(
                     "Allocate for match {} (region {}) failed: {error}; releasing its {} tickets",
@@ -580,7 +755,7 @@ impl Worker {
                     .assign(&job.ticket_ids, &server.connection, timeout)
             },
             |error, pause| {
-                log::warn!(
+                log::debug!(
                     "AssignTickets for match {} failed: {error}; retrying in {}ms",
                     job.match_id,
                     pause.as_millis()
@@ -626,43 +801,19 @@ impl Worker {
                     server.connection,
                     job.ticket_ids
                 );
-                self.release(job, Duration::ZERO)
+                self.release(job, Duration::ZERO, "AssignTickets failed")
             }
         }
     }
 
     /// Releases the match's tickets, retrying transient failures within `budget`.
-    fn release(&self, job: &MatchJob, budget: Duration) -> Outcome {
-        let policy = RetryPolicy {
+    fn release(&self, job: &MatchJob, budget: Duration, why: &str) -> Outcome {
+        release_matches(
+            &self.shared,
+            &self.openmatch,
+            std::slice::from_ref(job),
             budget,
-            ..self.shared.assign
-        };
-        match retry(
-            policy,
-            &self.shared.shutdown,
-            |timeout| self.openmatch.release(&job.ticket_ids, timeout),
-            |_, _| {},
-        ) {
-            Ok(()) => {
-                self.shared
-                    .metrics
-                    .tickets_released
-                    .add(job.ticket_ids.len() as u64);
-                log::info!(
-                    "Released {} tickets of match {}",
-                    job.ticket_ids.len(),
-                    job.match_id
-                );
-                Outcome::Released
-            }
-            Err(error) => {
-                log::error!(
-                    "ReleaseTickets for match {} failed: {error}; tickets {:?} wait for Open Match's pending-release timeout",
-                    job.match_id,
-                    job.ticket_ids
-                );
-                Outcome::Abandoned
-            }
-        }
+            why,
+        )
     }
 }

@@ -8,17 +8,17 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::select;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::sync::{read, write};
 use crate::tls::{self, TlsMaterial};
+use crate::x509::Validity;
 
-/// Certificates expiring sooner than this are warned about.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often unchanged certificates are checked again for nearing expiry.
 const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
 
@@ -44,13 +44,13 @@ impl<T> Versioned<T> {
 
     /// The current value and its generation.
     pub fn current(&self) -> (u64, Arc<T>) {
-        let value = self.value.read().unwrap_or_else(PoisonError::into_inner);
+        let value = read(&self.value);
         (self.generation(), Arc::clone(&value))
     }
 
     /// Publishes a new value.
     pub fn replace(&self, value: T) {
-        let mut current = self.value.write().unwrap_or_else(PoisonError::into_inner);
+        let mut current = write(&self.value);
         *current = Arc::new(value);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -118,9 +118,35 @@ pub struct Watched {
     /// `agones` or `openmatch`, for logs and metrics.
     pub endpoint: &'static str,
     /// Its files.
-    pub files: TlsFiles,
+    files: TlsFiles,
+    /// The bytes the material in use was loaded from, in [`TlsFiles::snapshot`]'s order: a file
+    /// that differs from them has changed, even if it changed before the watch began.
+    in_use: Vec<Vec<u8>>,
     /// Publishes valid new material.
-    pub apply: Box<dyn Fn(TlsMaterial) + Send>,
+    apply: Box<dyn Fn(TlsMaterial) + Send>,
+}
+
+impl Watched {
+    /// Watches the files `material` (in use now) was loaded from; `apply` publishes new material.
+    pub fn new(
+        endpoint: &'static str,
+        material: &TlsMaterial,
+        apply: impl Fn(TlsMaterial) + Send + 'static,
+    ) -> Watched {
+        let mut in_use = vec![material.ca.pem.clone()];
+        if let Some(identity) = &material.identity {
+            in_use.extend([
+                identity.cert_chain.pem.clone(),
+                identity.key.expose().to_vec(),
+            ]);
+        }
+        Watched {
+            endpoint,
+            files: TlsFiles::of(material),
+            in_use,
+            apply: Box::new(apply),
+        }
+    }
 }
 
 /// Starts the watcher thread; it ends when shutdown is requested.
@@ -130,7 +156,7 @@ pub fn watch(
     metrics: Arc<Metrics>,
     shutdown: Arc<Shutdown>,
 ) -> std::io::Result<()> {
-    let mut seen: Vec<Vec<Vec<u8>>> = endpoints.iter().map(|e| e.files.snapshot()).collect();
+    let mut endpoints = endpoints;
     let mut expiry_checked = Instant::now();
     std::thread::Builder::new()
         .name("cert-watch".into())
@@ -139,10 +165,10 @@ pub fn watch(
                 recv(shutdown.requested_channel()) -> _ => return,
                 default(interval) => {}
             }
-            for (endpoint, last) in endpoints.iter().zip(seen.iter_mut()) {
+            for endpoint in &mut endpoints {
                 let now = endpoint.files.snapshot();
-                if now != *last {
-                    *last = now;
+                if now != endpoint.in_use {
+                    endpoint.in_use = now;
                     reload(endpoint, &metrics);
                 }
             }
@@ -188,23 +214,27 @@ pub fn record_expiry(material: &TlsMaterial, metrics: &Metrics) {
         let Ok(certificates) = tls::parse_certificates(&file.path, &file.pem) else {
             continue;
         };
-        let Some(not_after) = certificates.iter().map(|(_, s)| s.not_after).min() else {
+        let Some(soonest) = certificates
+            .iter()
+            .map(|(_, summary)| summary)
+            .min_by_key(|summary| summary.not_after)
+        else {
             continue;
         };
         let path = file.path.display().to_string();
-        metrics.set_certificate_expiry(&path, not_after);
-        let left = not_after - unix_now();
-        if left < EXPIRY_WARNING.as_secs() as i64 {
-            log::warn!(
-                "Certificate {path} expires {} ({})",
-                crate::x509::format_utc(not_after),
-                if left < 0 {
-                    "already expired".to_string()
-                } else {
-                    format!("in {:.1} days", left as f64 / 86_400.0)
-                }
-            );
-        }
+        metrics.set_certificate_expiry(&path, soonest.not_after);
+        let when = match soonest.validity(unix_now()) {
+            Validity::Expired => "already expired".to_string(),
+            Validity::ExpiresSoon => format!(
+                "in {:.1} days",
+                (soonest.not_after - unix_now()) as f64 / 86_400.0
+            ),
+            Validity::NotYetValid | Validity::Valid => continue,
+        };
+        log::warn!(
+            "Certificate {path} expires {} ({when})",
+            crate::x509::format_utc(soonest.not_after)
+        );
     }
 }
 
@@ -218,6 +248,43 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doubles::certs::{TempDir, TestCa, Usage};
+
+    #[test]
+    fn a_change_made_before_the_watch_began_is_applied_at_its_first_look() {
+        let dir = TempDir::new("rotation");
+        let ca = TestCa::new("rotation-ca");
+        let first = ca.issue(&["director"], Usage::Client);
+        let ca_path = dir.write("ca.crt", ca.pem());
+        let cert_path = dir.write("tls.crt", &first.cert_pem);
+        let key_path = dir.write("tls.key", &first.key_pem);
+        let in_use = TlsMaterial {
+            ca: tls::load_ca(&ca_path).unwrap(),
+            identity: Some(tls::load_identity(&cert_path, &key_path).unwrap()),
+        };
+        let second = ca.issue(&["director"], Usage::Client);
+        dir.write("tls.crt", &second.cert_pem);
+        dir.write("tls.key", &second.key_pem);
+
+        let (applied, seen) = crossbeam_channel::bounded(1);
+        let watched = Watched::new("agones", &in_use, move |material| {
+            let _ = applied.try_send(material);
+        });
+        let shutdown = Shutdown::new(Duration::ZERO);
+        watch(
+            vec![watched],
+            Duration::from_millis(10),
+            Arc::new(Metrics::new()),
+            Arc::clone(&shutdown),
+        )
+        .unwrap();
+        let material = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the change is applied");
+        shutdown.request();
+        let identity = material.identity.unwrap();
+        assert_eq!(identity.cert_chain.pem, second.cert_pem.as_bytes());
+    }
 
     #[test]
     fn versioned_bumps_generation_on_replace() {

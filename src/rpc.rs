@@ -1,8 +1,25 @@
-//! One error type for every gRPC call, carrying the status code and the server's message.
+//! What every gRPC client shares: how channels are built, and one error type for every call,
+//! carrying the status code and the server's message.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
-use grpcio::RpcStatusCode;
+use grpcio::{ChannelBuilder, Environment, RpcStatusCode};
+
+/// First pause before reconnecting a channel.
+const INITIAL_RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between reconnection attempts (gRPC's own default is two minutes).
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A channel builder with our user agent and reconnection backoff (200 ms doubling to 5 s). No
+/// keepalive pings: Open Match and Agones both punish frequent pings.
+pub fn channel_builder(env: Arc<Environment>) -> ChannelBuilder {
+    ChannelBuilder::new(env)
+        .primary_user_agent(crate::USER_AGENT)
+        .initial_reconnect_backoff(INITIAL_RECONNECT_BACKOFF)
+        .max_reconnect_backoff(MAX_RECONNECT_BACKOFF)
+}
 
 /// The non-standard status code Agones returns when a request fails validation.
 pub const AGONES_VALIDATION_ERROR: i32 = 422;

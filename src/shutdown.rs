@@ -7,11 +7,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::sync::lock;
 
 /// A one-way flag that threads can wait on and `select!` over.
 struct Latch {
@@ -33,7 +35,7 @@ impl Latch {
     /// Sets the latch; returns whether this call was the one that set it.
     fn set(&self) -> bool {
         self.set.store(true, Ordering::SeqCst);
-        let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sender = lock(&self.sender);
         sender.take().is_some()
     }
 
@@ -93,12 +95,7 @@ impl Shutdown {
     pub fn force(&self) {
         self.request();
         if self.forced.set() {
-            let wakers = std::mem::take(
-                &mut *self
-                    .stream_wakers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+            let wakers = std::mem::take(&mut *lock(&self.stream_wakers));
             wakers.into_iter().for_each(Waker::wake);
         }
     }
@@ -116,6 +113,11 @@ impl Shutdown {
     /// A channel that becomes ready (disconnected) when shutdown is requested, for `select!`.
     pub fn requested_channel(&self) -> &Receiver<()> {
         &self.requested.receiver
+    }
+
+    /// A channel that becomes ready (disconnected) when shutdown is forced, for `select!`.
+    pub fn forced_channel(&self) -> &Receiver<()> {
+        &self.forced.receiver
     }
 
     /// Blocks until shutdown is requested.
@@ -149,10 +151,7 @@ impl Shutdown {
     /// Register first, then check, so that no force can slip in between.
     fn poll_forced(&self, cx: &Context<'_>) -> bool {
         {
-            let mut wakers = self
-                .stream_wakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut wakers = lock(&self.stream_wakers);
             if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
                 wakers.push(cx.waker().clone());
             }

@@ -208,3 +208,69 @@ pub fn parse_certificates(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doubles::certs::{TempDir, TestCa, Usage};
+
+    /// A real CA, client certificate and key in PEM, made once.
+    fn seeds() -> &'static (String, String, String) {
+        static SEEDS: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+        SEEDS.get_or_init(|| {
+            let ca = TestCa::new("pem-fuzz-ca");
+            let client = ca.issue(&["director"], Usage::Client);
+            (ca.pem(), client.cert_pem, client.key_pem)
+        })
+    }
+
+    /// `text` with `edits` applied: each replaces one byte, or (for byte 0) cuts the text there.
+    fn mutate(text: &str, edits: &[(usize, u8)]) -> Vec<u8> {
+        let mut bytes = text.as_bytes().to_vec();
+        for &(at, byte) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = at % bytes.len();
+            if byte == 0 {
+                bytes.truncate(at);
+            } else {
+                bytes[at] = byte;
+            }
+        }
+        bytes
+    }
+
+    /// Property tests of a parser of outside input (`make fuzz` runs many more cases).
+    mod fuzz {
+        use super::*;
+
+        proptest::proptest! {
+            #[test]
+            fn mutated_pem_files_load_or_name_the_file(
+                which in 0usize..3,
+                edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..6)
+            ) {
+                let (ca, cert, key) = seeds();
+                let dir = TempDir::new("pem-fuzz");
+                let mut files = [ca.as_bytes().to_vec(), cert.as_bytes().to_vec(), key.as_bytes().to_vec()];
+                files[which] = mutate([ca, cert, key][which], &edits);
+                let ca_path = dir.write("ca.crt", &files[0]);
+                let cert_path = dir.write("tls.crt", &files[1]);
+                let key_path = dir.write("tls.key", &files[2]);
+                if let Err(problem) = load_ca(&ca_path) {
+                    proptest::prop_assert!(problem.contains(&ca_path.display().to_string()), "{problem}");
+                }
+                if let Err(problems) = load_identity(&cert_path, &key_path) {
+                    for problem in problems {
+                        let path = match problem.file {
+                            IdentityFile::Certificate => &cert_path,
+                            IdentityFile::Key => &key_path,
+                        };
+                        proptest::prop_assert!(problem.message.contains(&path.display().to_string()), "{}", problem.message);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -20,7 +20,36 @@ pub struct CertSummary {
     pub public_key_info: Vec<u8>,
 }
 
+/// Certificates expiring sooner than this many seconds (7 days) are warned about.
+pub const EXPIRY_WARNING_SECS: i64 = 7 * 24 * 3600;
+
+/// Where a certificate stands at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// Its not-before time is still to come.
+    NotYetValid,
+    /// Its not-after time has passed.
+    Expired,
+    /// Valid, but for less than [`EXPIRY_WARNING_SECS`] more.
+    ExpiresSoon,
+    /// Valid for longer than that.
+    Valid,
+}
+
 impl CertSummary {
+    /// Where the certificate stands at `now` (Unix seconds).
+    pub fn validity(&self, now: i64) -> Validity {
+        if self.not_after < now {
+            Validity::Expired
+        } else if self.not_before > now {
+            Validity::NotYetValid
+        } else if self.not_after - now < EXPIRY_WARNING_SECS {
+            Validity::ExpiresSoon
+        } else {
+            Validity::Valid
+        }
+    }
+
     /// Every name the certificate is valid for, DNS names first.
     pub fn names(&self) -> Vec<String> {
         self.dns_names
@@ -272,5 +301,48 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(4_107_542_399), "2100-02-28 23:59:59 UTC");
+    }
+
+    /// One real certificate, made once: the seed the mutations start from.
+    fn seed() -> &'static [u8] {
+        static SEED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        SEED.get_or_init(|| {
+            certificate(
+                &["allocator.example", "10.0.0.1"],
+                (2024, 1, 1),
+                (2034, 1, 1),
+            )
+        })
+    }
+
+    /// Property tests of a parser of outside input (`make fuzz` runs many more cases).
+    mod fuzz {
+        use super::*;
+
+        proptest::proptest! {
+            #[test]
+            fn mutated_der_gives_a_summary_or_an_error(
+                flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8)
+            ) {
+                let mut der = seed().to_vec();
+                for (at, byte) in flips {
+                    let at = at % der.len();
+                    der[at] = byte;
+                }
+                let _ = summarize(&der);
+            }
+
+            #[test]
+            fn truncated_der_is_an_error(length in 0usize..2048) {
+                let der = seed();
+                let cut = &der[..length.min(der.len().saturating_sub(1))];
+                proptest::prop_assert!(summarize(cut).is_err());
+            }
+
+            #[test]
+            fn arbitrary_bytes_give_a_summary_or_an_error(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+                let _ = summarize(&bytes);
+            }
+        }
     }
 }

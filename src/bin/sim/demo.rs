@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::openmatch::TicketStatus;
 use crate::world::{quantile, World, WorldConfig};
 use crate::{flag_value, seconds};
+use agones_openmatch_director::doubles::openmatch::TicketStatus;
 
 /// Demo settings.
 pub struct Options {

@@ -5,20 +5,8 @@
 //! Open Match, and runs the real `director` binary against them. It is a separate binary: nothing
 //! of it is linked into `director`.
 
-#[allow(dead_code)]
-#[path = "../../../tests/support/agones.rs"]
-mod agones;
 mod bench;
-#[allow(dead_code)]
-#[path = "../../../tests/support/certs.rs"]
-mod certs;
 mod demo;
-#[allow(dead_code)]
-#[path = "../../../tests/support/openmatch.rs"]
-mod openmatch;
-#[allow(dead_code)]
-#[path = "../../../tests/support/tls.rs"]
-mod tls;
 mod world;
 
 use std::process::ExitCode;

@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
-use crate::agones::{AgonesPki, FakeAllocator, Fleet};
-use crate::certs::TempDir;
-use crate::openmatch::FakeOpenMatch;
+use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator, Fleet};
+use agones_openmatch_director::doubles::certs::TempDir;
+use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
 /// What the world looks like and how the Director is run in it.
 #[derive(Clone, Debug)]

@@ -1,19 +1,17 @@
 //! End-to-end tests: the real `director` binary against in-process gRPC doubles of the Open Match
 //! backend and the Agones allocator (mTLS with certificates generated here).
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::director::wait_until;
+use crate::world::{final_accounting, stop, World, WAIT};
 use agones_openmatch_director::allocator::{MATCH_ID_ANNOTATION, PROFILE_LABEL};
+use agones_openmatch_director::doubles::certs::{TestCa, Usage};
+use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};
+use agones_openmatch_director::doubles::tls::ServerTls;
 use agones_openmatch_director::proto::backend::FunctionConfig_Type;
 use grpcio::RpcStatusCode;
-use support::certs::{TestCa, Usage};
-use support::director::wait_until;
-use support::openmatch::{FakeOpenMatch, TicketStatus};
-use support::tls::ServerTls;
-use support::world::{final_accounting, stop, World, WAIT};
 
 #[test]
 fn assigns_every_ticket_once_in_its_region_then_drains_on_sigterm() {

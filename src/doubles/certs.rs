@@ -14,14 +14,18 @@ pub struct TestCa {
 /// A certificate and its private key, in PEM.
 #[derive(Clone)]
 pub struct Issued {
+    /// The certificate.
     pub cert_pem: String,
+    /// Its private key.
     pub key_pem: String,
 }
 
 /// What a certificate is for.
 #[derive(Clone, Copy)]
 pub enum Usage {
+    /// A TLS server certificate.
     Server,
+    /// A TLS client certificate.
     Client,
 }
 
@@ -85,6 +89,7 @@ impl TestCa {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// A new empty directory whose name contains `label`.
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
@@ -96,6 +101,7 @@ impl TempDir {
         TempDir(path)
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.0
     }

@@ -1,13 +1,11 @@
 //! The container image, end to end: `make image-test` runs these (they need Docker and the image
 //! named by DIRECTOR_IMAGE, so `cargo test` alone skips them).
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::director::wait_until;
-use support::world::{final_accounting, World, WAIT};
+use crate::director::wait_until;
+use crate::world::{final_accounting, World, WAIT};
 
 fn image() -> String {
     std::env::var("DIRECTOR_IMAGE")
@@ -74,7 +72,7 @@ fn image_is_one_layer_holding_only_the_static_binary() {
     );
     assert_eq!(config.trim(), "65532:65532 [\"/director\"]");
 
-    let dir = support::certs::TempDir::new("image");
+    let dir = agones_openmatch_director::doubles::certs::TempDir::new("image");
     let archive = dir.path().join("image.tar");
     run(
         "docker",

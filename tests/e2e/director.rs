@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::agones::AgonesPki;
-use super::certs::TempDir;
+use agones_openmatch_director::doubles::agones::AgonesPki;
+use agones_openmatch_director::doubles::certs::TempDir;
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {

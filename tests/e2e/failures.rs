@@ -1,16 +1,14 @@
 //! Failure handling, end to end: faults injected into the Open Match and Agones doubles while the
 //! real `director` runs. Every test checks the accounting invariant through `final_accounting`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::director::wait_until;
+use crate::world::{final_accounting, stop, World, WAIT};
+use agones_openmatch_director::doubles::agones::Reply;
+use agones_openmatch_director::doubles::openmatch::TicketStatus;
 use agones_openmatch_director::rpc::AGONES_VALIDATION_ERROR;
 use grpcio::RpcStatusCode;
-use support::agones::Reply;
-use support::director::wait_until;
-use support::openmatch::TicketStatus;
-use support::world::{final_accounting, stop, World, WAIT};
 
 #[test]
 fn allocator_unreachable_at_start_then_up_3s_later() {
@@ -115,8 +113,9 @@ fn allocator_hanging_past_the_deadline_is_retried() {
     wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
     let match_id = world.match_of(&tickets[0]);
     assert_eq!(world.allocations_for(&match_id), 2);
+    let director = stop(director);
     assert!(!director.lines_with("DEADLINE_EXCEEDED").is_empty());
-    let accounting = final_accounting(&stop(director));
+    let accounting = final_accounting(&director);
     assert_eq!((accounting.assigned, accounting.released), (1, 0));
 }
 
@@ -200,6 +199,7 @@ fn ticket_not_found_is_logged_and_the_others_are_assigned() {
         world.om.state().ticket(&tickets[1]).status,
         TicketStatus::Pending
     );
+    director.wait_for_log("(3 tickets)", WAIT);
     assert_eq!(
         director
             .lines_with(&format!("ticket {} of match", tickets[1]))
@@ -208,7 +208,6 @@ fn ticket_not_found_is_logged_and_the_others_are_assigned() {
             .count(),
         1
     );
-    assert!(!director.lines_with("(3 tickets)").is_empty());
     let accounting = final_accounting(&stop(director));
     assert_eq!((accounting.assigned, accounting.tickets_not_found), (1, 1));
 }
@@ -234,7 +233,7 @@ fn validation_errors_are_not_retried_and_release_at_once() {
     );
     let first_requests: Vec<_> = world.allocator.state().requests[..2]
         .iter()
-        .map(|r| r.get_metadata().get_annotations()[support::world::MATCH_ID].clone())
+        .map(|r| r.get_metadata().get_annotations()[crate::world::MATCH_ID].clone())
         .collect();
     for match_id in &first_requests {
         assert_eq!(
@@ -244,7 +243,9 @@ fn validation_errors_are_not_retried_and_release_at_once() {
         );
     }
     assert_eq!(
-        director.lines_with("422 (Agones validation error)").len(),
+        director
+            .lines_with("422 (Agones validation error): injected; releasing")
+            .len(),
         1
     );
     assert_eq!(
@@ -305,6 +306,17 @@ fn sigterm_with_a_full_queue_and_a_slow_allocator_releases_everything_in_time() 
     let accounting = final_accounting(&director);
     assert_eq!(accounting.received, 10);
     assert_eq!(accounting.released, 10);
+    assert_eq!(
+        accounting.orphaned_game_servers, 1,
+        "the cancelled allocation may have allocated a game server"
+    );
+    let in_flight = world.allocator.state().requests[0]
+        .get_metadata()
+        .get_annotations()[crate::world::MATCH_ID]
+        .clone();
+    let cancelled = director.lines_with("was cancelled by the shutdown");
+    assert_eq!(cancelled.len(), 1);
+    assert!(cancelled[0].contains(&format!("{}={in_flight}", crate::world::MATCH_ID)));
     assert!(world.all_released(&tickets));
     assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
 }
@@ -384,4 +396,149 @@ fn a_second_sigterm_stops_at_once() {
     let accounting = final_accounting(&director);
     assert_eq!((accounting.received, accounting.released), (3, 3));
     assert!(world.all_released(&tickets));
+}
+
+/// Issue 11, item 0: a backlog far larger than the queue, a slow allocator and a short
+/// FETCH_TIMEOUT. The stream is read to its end (never left to its deadline behind a full queue),
+/// so every match the double streamed is handled and none is left pending.
+#[test]
+fn a_backlog_larger_than_the_queue_is_read_to_the_end_and_every_match_handled() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("QUEUE_CAPACITY", "2");
+    world.env.set("ALLOCATOR_THREADS", "2");
+    world.env.set("FETCH_TIMEOUT", "1s");
+    world.allocator.state().latency = Duration::from_millis(50);
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 400);
+    let director = world.env.start();
+    wait_until(WAIT, "every ticket of the backlog assigned", || {
+        world.all_assigned(&tickets)
+    });
+    assert!(
+        director.lines_with("DEADLINE_EXCEEDED").is_empty(),
+        "no stream ran into its deadline behind the queue"
+    );
+    let streamed = world.om.state().matches.len() as u64;
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.received, streamed);
+    assert_eq!(accounting.abandoned, 0);
+    assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
+}
+
+/// A match that cannot start its allocation within QUEUE_TIMEOUT is released at once (the
+/// backlog of one stream in few ReleaseTickets calls), counted, and never left pending.
+#[test]
+fn matches_that_wait_past_the_queue_timeout_are_released_in_a_batch() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("QUEUE_CAPACITY", "1");
+    world.env.set("ALLOCATOR_THREADS", "1");
+    world.env.set("QUEUE_TIMEOUT", "1s");
+    world.env.set("ALLOCATE_TIMEOUT", "30s");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "30s");
+    world.env.set("SHUTDOWN_TIMEOUT", "1s");
+    world
+        .allocator
+        .state()
+        .script
+        .push_back(Reply::Hang(Duration::from_secs(30)));
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 40);
+    let director = world.env.start();
+    wait_until(WAIT, "the backlog released", || {
+        world
+            .om
+            .state()
+            .releases
+            .iter()
+            .any(|ids| ids.len() >= 8 * 4)
+    });
+    let batch = director.lines_with("waited longer than QUEUE_TIMEOUT");
+    assert!(!batch.is_empty());
+    assert!(batch[0].contains("WARN"), "{}", batch[0]);
+    assert_eq!(
+        world.allocator.state().requests.len(),
+        1,
+        "released matches never reach the allocator"
+    );
+    let accounting = final_accounting(&stop(director));
+    assert!(accounting.released >= 8, "{accounting:?}");
+    assert_eq!(accounting.abandoned, 0);
+    assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
+    assert!(world.all_released(&tickets));
+}
+
+/// Issue 11, item 2: with the allocator and Open Match both hung, the Director still exits within
+/// SHUTDOWN_TIMEOUT + ASSIGN_TIMEOUT + 1 s of SIGTERM, and its accounting line adds up.
+#[test]
+fn shutdown_ends_within_its_bound_when_everything_hangs() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("SHUTDOWN_TIMEOUT", "1s");
+    world.env.set("ASSIGN_TIMEOUT", "1s");
+    world.env.set("ALLOCATOR_THREADS", "2");
+    world.env.set("QUEUE_CAPACITY", "2");
+    world.env.set("ALLOCATE_TIMEOUT", "30s");
+    world
+        .allocator
+        .state()
+        .script
+        .extend([Reply::Hang(Duration::from_secs(60)); 20]);
+    world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 40);
+    let mut director = world.env.start();
+    wait_until(WAIT, "two allocations in flight", || {
+        world.allocator.state().requests.len() == 2
+    });
+    world.om.state().faults.hang_writes = true;
+    director.terminate();
+    let status = director.wait_exit(Duration::from_secs(1 + 1 + 1));
+    assert_eq!(status.code(), Some(0));
+    let accounting = final_accounting(&director);
+    assert_eq!(accounting.received, 10);
+    assert_eq!(accounting.assigned + accounting.released, 0);
+    assert_eq!(accounting.abandoned, 10, "nothing could be released");
+    assert!(
+        world.om.state().releases.len() <= 5,
+        "one call per match in flight (2), one for the stream's backlog, at most one per worker for the queue: {:?}",
+        world.om.state().releases
+    );
+}
+
+/// A bad day's log stays readable: retries are not logged at INFO or WARN; each region with
+/// failures gets one WARN summary per INTERVAL, with its failures by code.
+#[test]
+fn retries_are_summarized_per_region_instead_of_logged_one_by_one() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "15s");
+    world.allocator.state().error_rate = 0.5;
+    let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 80);
+    let director = world.env.start();
+    wait_until(WAIT, "all tickets assigned", || {
+        world.all_assigned(&tickets)
+    });
+    let failed_calls = world.allocator.state().calls - 20;
+    assert!(failed_calls > 0, "the double failed some calls");
+    let director = stop(director);
+    assert!(director.lines_with("retrying in").is_empty());
+    let summaries = director.lines_with("Region us-east-1: ");
+    assert!(!summaries.is_empty());
+    assert!(summaries.iter().all(|l| l.contains("WARN")));
+    let counted: usize = summaries
+        .iter()
+        .map(|l| {
+            let (failed, _) = l
+                .split_once("Region us-east-1: ")
+                .unwrap()
+                .1
+                .split_once(" of ")
+                .unwrap();
+            failed.parse::<usize>().unwrap()
+        })
+        .sum();
+    let accounting = final_accounting(&director);
+    assert_eq!(accounting.assigned, 20);
+    assert_eq!(
+        counted, failed_calls,
+        "every failed attempt is in a summary"
+    );
 }

@@ -6,7 +6,9 @@ use super::certs::Issued;
 
 /// A server certificate, and the CA whose client certificates are required (`None`: no mTLS).
 pub struct ServerTls {
+    /// The CA whose client certificates are required; `None`: no client certificate asked.
     pub client_ca_pem: Option<String>,
+    /// The server's certificate and key.
     pub server: Issued,
 }
 

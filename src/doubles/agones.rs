@@ -5,18 +5,17 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION;
-use agones_openmatch_director::proto::allocation::{
+use crate::allocator::MATCH_ID_ANNOTATION;
+use crate::proto::allocation::{
     AllocationRequest, AllocationResponse, AllocationResponse_GameServerStatusPort,
 };
-use agones_openmatch_director::proto::allocation_grpc::{
-    create_allocation_service, AllocationService,
-};
+use crate::proto::allocation_grpc::{create_allocation_service, AllocationService};
 use crossbeam_channel::{RecvTimeoutError, Sender};
-use grpcio::{Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, UnarySink};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 
 use super::certs::{Issued, TestCa, Usage};
 use super::openmatch::reply;
+use super::server::Served;
 use super::tls::ServerTls;
 
 /// How the double answers one Allocate call.
@@ -35,9 +34,13 @@ pub enum Reply {
 /// A game server the double allocated.
 #[derive(Clone, Debug)]
 pub struct Allocated {
+    /// The GameServer's name.
     pub name: String,
+    /// The region it was allocated in.
     pub region: String,
+    /// `address:port` handed back.
     pub connection: String,
+    /// The match id from the request's annotation.
     pub match_id: String,
 }
 
@@ -53,6 +56,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// `per_region` Ready game servers in every region, each Allocated for `session`.
     pub fn new(per_region: usize, session: Duration) -> Fleet {
         Fleet {
             per_region,
@@ -118,11 +122,20 @@ impl AgonesState {
 
 /// A CA that signs the allocator's server certificate and a client CA that signs the Director's.
 pub struct AgonesPki {
+    /// Signs the allocator's server certificate (Agones' allocator-tls-ca).
     pub server_ca: TestCa,
+    /// Signs the client certificates the allocator accepts (Agones' allocator-client-ca).
     pub client_ca: TestCa,
 }
 
+impl Default for AgonesPki {
+    fn default() -> Self {
+        AgonesPki::new()
+    }
+}
+
 impl AgonesPki {
+    /// Two new CAs.
     pub fn new() -> AgonesPki {
         AgonesPki {
             server_ca: TestCa::new("allocator-tls-ca"),
@@ -148,7 +161,8 @@ impl AgonesPki {
 pub struct FakeAllocator {
     state: Arc<Mutex<AgonesState>>,
     tls: ServerTls,
-    server: Option<Server>,
+    served: Served,
+    /// The port it listens on.
     pub port: u16,
 }
 
@@ -165,62 +179,44 @@ impl FakeAllocator {
             random: 0x9E37_79B9_7F4A_7C15,
             ..AgonesState::default()
         }));
-        let (server, port) = serve(&state, &tls, port);
+        let served = {
+            let state = Arc::clone(&state);
+            let service = move || {
+                create_allocation_service(Allocator {
+                    state: Arc::clone(&state),
+                    delayed: delayer(),
+                })
+            };
+            Served::start("allocator", service, tls.credentials(), port)
+        };
         FakeAllocator {
             state,
             tls,
-            server: Some(server),
-            port,
+            port: served.port,
+            served,
         }
     }
 
+    /// Locks the state for reading or for setting faults.
     pub fn state(&self) -> MutexGuard<'_, AgonesState> {
         self.state.lock().unwrap()
     }
 
-    /// Stops serving; the state is kept.
+    /// Stops serving (the state is kept); calls fail with UNAVAILABLE until restarted.
     pub fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = futures_executor::block_on(server.shutdown());
-        }
+        self.served.stop();
     }
 
     /// Serves again on the same port with the same state, and new TLS material.
     pub fn restart_with(&mut self, tls: ServerTls) {
-        self.stop();
         self.tls = tls;
         self.restart();
     }
 
     /// Serves again on the same port, with the same state.
     pub fn restart(&mut self) {
-        let (server, port) = serve(&self.state, &self.tls, self.port);
-        assert_eq!(port, self.port);
-        self.server = Some(server);
+        self.served.restart(self.tls.credentials());
     }
-}
-
-impl Drop for FakeAllocator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn serve(state: &Arc<Mutex<AgonesState>>, tls: &ServerTls, port: u16) -> (Server, u16) {
-    let env = Arc::new(Environment::new(1));
-    let service = create_allocation_service(Allocator {
-        state: Arc::clone(state),
-        delayed: delayer(),
-    });
-    let mut server = ServerBuilder::new(env)
-        .register_service(service)
-        .build()
-        .expect("build allocator double");
-    let port = server
-        .add_listening_port(format!("127.0.0.1:{port}"), tls.credentials())
-        .expect("bind allocator double");
-    server.start();
-    (server, port)
 }
 
 #[derive(Clone)]

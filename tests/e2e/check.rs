@@ -1,12 +1,10 @@
 //! `director check` against the doubles: a good setup and each way mTLS to the allocator fails.
 
-mod support;
-
 use std::net::TcpListener;
 
-use support::certs::{TestCa, Usage};
-use support::openmatch::FakeOpenMatch;
-use support::world::World;
+use crate::world::World;
+use agones_openmatch_director::doubles::certs::{TestCa, Usage};
+use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
 fn assert_fails_with(world: &World, expected: &[&str]) -> String {
     let (code, report) = world.env.check();
@@ -121,5 +119,60 @@ fn unreachable_allocator_is_reported() {
             &format!("FAIL  cannot connect to 127.0.0.1:{closed}"),
             "Connection refused",
         ],
+    );
+}
+
+/// An allocator that completes the mTLS handshake with a trusted client certificate, then never
+/// answers: hung, not rejecting. Serves one connection; returns its port.
+fn hung_allocator(world: &World) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let server = world.pki.server_ca.issue(&["127.0.0.1"], Usage::Server);
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots
+        .add(CertificateDer::from_pem_slice(world.pki.client_ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(client_roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut tls = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        while tls.is_handshaking() {
+            if tls.complete_io(&mut tcp).is_err() {
+                return;
+            }
+        }
+        // Hung: hold the connection, read nothing more, answer nothing, until the client leaves.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    });
+    port
+}
+
+#[test]
+fn a_server_that_never_answers_is_reported_as_hung_not_as_a_rejection() {
+    let mut world = World::new();
+    let port = hung_allocator(&world);
+    world.env.set("AGONES_ALLOCATOR_PORT", port.to_string());
+    let report = assert_fails_with(&world, &["the server sent nothing within 5s", "hung"]);
+    assert!(
+        !report.contains("rejected our client certificate"),
+        "{report}"
     );
 }

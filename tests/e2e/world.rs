@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use super::agones::{AgonesPki, FakeAllocator};
-use super::director::{wait_until, Director, DirectorEnv};
-use super::openmatch::{FakeOpenMatch, TicketStatus};
+use crate::director::{wait_until, Director, DirectorEnv};
 pub use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION as MATCH_ID;
+use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator};
+use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};
 use agones_openmatch_director::pipeline::Totals;
 
 pub const REGIONS: [&str; 2] = ["us-east-1", "us-east-2"];

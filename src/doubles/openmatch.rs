@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use agones_openmatch_director::proto::backend::*;
-use agones_openmatch_director::proto::backend_grpc::{create_backend_service, BackendService};
-use agones_openmatch_director::proto::messages::{Match, Pool, SearchFields, Ticket};
+use crate::proto::backend::*;
+use crate::proto::backend_grpc::{create_backend_service, BackendService};
+use crate::proto::messages::{Match, Pool, SearchFields, Ticket};
 use futures_util::{SinkExt, TryFutureExt};
 
+use super::server::Served;
 use super::tls::ServerTls;
 use grpcio::{
-    Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
-    ServerStreamingSink, UnarySink, WriteFlags,
+    RpcContext, RpcStatus, RpcStatusCode, ServerCredentials, ServerStreamingSink, UnarySink,
+    WriteFlags,
 };
 
 /// Tickets per match, as in the match function the Go director paired with.
@@ -23,26 +24,42 @@ pub const MATCH_SIZE: usize = 4;
 /// Where a ticket is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TicketStatus {
+    /// In the pool, matchable.
     Available,
+    /// In a match handed out, waiting for an assignment or a release.
     Pending,
-    Assigned { connection: String, times: usize },
+    /// Assigned `connection`, by `times` AssignTickets calls.
+    Assigned {
+        /// The connection of the latest assignment.
+        connection: String,
+        /// How many AssignTickets calls assigned it.
+        times: usize,
+    },
 }
 
 /// A ticket in the pool.
 #[derive(Clone, Debug)]
 pub struct PoolTicket {
+    /// Its id.
     pub id: String,
+    /// What profiles filter on.
     pub search_fields: SearchFields,
+    /// Where it is in its life.
     pub status: TicketStatus,
+    /// When it was added.
     pub created_at: Instant,
+    /// When it last became pending.
     pub pending_since: Option<Instant>,
+    /// When it was first assigned.
     pub assigned_at: Option<Instant>,
 }
 
 /// A match the double handed out, and the profile it was handed out for.
 #[derive(Clone, Debug)]
 pub struct IssuedMatch {
+    /// The profile's name.
     pub profile: String,
+    /// Its tickets.
     pub ticket_ids: Vec<String>,
     /// When it was put on the FetchMatches stream.
     pub streamed_at: Instant,
@@ -61,16 +78,25 @@ pub struct OmFaults {
     pub assign_unavailable: usize,
     /// The next this many FetchMatches calls stream a match without tickets first.
     pub empty_matches: usize,
+    /// AssignTickets and ReleaseTickets are received but never answered: they run into their
+    /// deadlines, like calls to a hung backend.
+    pub hang_writes: bool,
 }
 
 /// Everything the double knows and saw.
 #[derive(Default, Debug)]
 pub struct OmState {
+    /// Every ticket ever added.
     pub tickets: Vec<PoolTicket>,
+    /// Every FetchMatches request (when `keep_requests`).
     pub fetches: Vec<FetchMatchesRequest>,
+    /// Every match handed out, by id.
     pub matches: HashMap<String, IssuedMatch>,
+    /// Every AssignTickets request (when `keep_requests`).
     pub assigns: Vec<AssignTicketsRequest>,
+    /// The ticket ids of every ReleaseTickets request received.
     pub releases: Vec<Vec<String>>,
+    /// Faults to inject.
     pub faults: OmFaults,
     /// Like Open Match's pendingReleaseTimeout: pending tickets older than this become available.
     pub pending_release_timeout: Option<Duration>,
@@ -78,6 +104,8 @@ pub struct OmState {
     pub timed_out: usize,
     /// Whether to record every request (tests) or only count them (long simulations).
     pub keep_requests: bool,
+    /// The unanswered calls of `faults.hang_writes`, held open.
+    hung: Vec<Box<dyn std::any::Any + Send>>,
     index: HashMap<String, usize>,
     by_match_ticket: HashMap<String, String>,
     next_ticket: usize,
@@ -85,18 +113,22 @@ pub struct OmState {
 }
 
 impl OmState {
+    /// The ticket `id`.
     pub fn ticket(&self, id: &str) -> &PoolTicket {
         &self.tickets[self.index[id]]
     }
 
+    /// How many tickets have a `wanted` status.
     pub fn count(&self, wanted: impl Fn(&TicketStatus) -> bool) -> usize {
         self.tickets.iter().filter(|t| wanted(&t.status)).count()
     }
 
+    /// How many tickets are assigned.
     pub fn assigned(&self) -> usize {
         self.count(|s| matches!(s, TicketStatus::Assigned { .. }))
     }
 
+    /// Every ticket id named in a ReleaseTickets request, in order.
     pub fn released_ids(&self) -> Vec<String> {
         self.releases.iter().flatten().cloned().collect()
     }
@@ -106,7 +138,8 @@ impl OmState {
 pub struct FakeOpenMatch {
     state: Arc<Mutex<OmState>>,
     tls: Option<ServerTls>,
-    server: Option<Server>,
+    served: Served,
+    /// The port it listens on.
     pub port: u16,
 }
 
@@ -122,12 +155,20 @@ impl FakeOpenMatch {
             keep_requests: true,
             ..OmState::default()
         }));
-        let (server, port) = serve(&state, tls.as_ref(), 0);
+        let served = {
+            let state = Arc::clone(&state);
+            let service = move || {
+                create_backend_service(Backend {
+                    state: Arc::clone(&state),
+                })
+            };
+            Served::start("Open Match", service, credentials(tls.as_ref()), 0)
+        };
         FakeOpenMatch {
             state,
             tls,
-            server: Some(server),
-            port,
+            port: served.port,
+            served,
         }
     }
 
@@ -187,42 +228,17 @@ impl FakeOpenMatch {
 
     /// Stops serving (the state is kept); calls fail with UNAVAILABLE until [`Self::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = futures_executor::block_on(server.shutdown());
-        }
+        self.served.stop();
     }
 
     /// Serves again on the same port, with the same state.
     pub fn restart(&mut self) {
-        let (server, port) = serve(&self.state, self.tls.as_ref(), self.port);
-        assert_eq!(port, self.port);
-        self.server = Some(server);
+        self.served.restart(credentials(self.tls.as_ref()));
     }
 }
 
-impl Drop for FakeOpenMatch {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn serve(state: &Arc<Mutex<OmState>>, tls: Option<&ServerTls>, port: u16) -> (Server, u16) {
-    let env = Arc::new(Environment::new(1));
-    let service = create_backend_service(Backend {
-        state: Arc::clone(state),
-    });
-    let mut server = ServerBuilder::new(env)
-        .register_service(service)
-        .build()
-        .expect("build Open Match double");
-    let port = server
-        .add_listening_port(
-            format!("127.0.0.1:{port}"),
-            tls.map_or_else(ServerCredentials::insecure, ServerTls::credentials),
-        )
-        .expect("bind Open Match double");
-    server.start();
-    (server, port)
+fn credentials(tls: Option<&ServerTls>) -> ServerCredentials {
+    tls.map_or_else(ServerCredentials::insecure, ServerTls::credentials)
 }
 
 #[derive(Clone)]
@@ -377,6 +393,9 @@ impl BackendService for Backend {
         request: AssignTicketsRequest,
         sink: UnarySink<AssignTicketsResponse>,
     ) {
+        if self.hangs_writes() {
+            return self.hold(sink);
+        }
         let result = self.assign(request);
         reply(ctx, sink, result);
     }
@@ -389,6 +408,11 @@ impl BackendService for Backend {
     ) {
         let mut state = self.state.lock().unwrap();
         let ids = request.get_ticket_ids().to_vec();
+        if state.faults.hang_writes {
+            state.releases.push(ids);
+            drop(state);
+            return self.hold(sink);
+        }
         for id in &ids {
             if let Some(&position) = state.index.get(id) {
                 let ticket = &mut state.tickets[position];
@@ -405,6 +429,16 @@ impl BackendService for Backend {
 }
 
 impl Backend {
+    /// Whether calls are to hang (`faults.hang_writes`).
+    fn hangs_writes(&self) -> bool {
+        self.state.lock().unwrap().faults.hang_writes
+    }
+
+    /// Keeps a call open without answering it.
+    fn hold<T: Send + 'static>(&self, sink: UnarySink<T>) {
+        self.state.lock().unwrap().hung.push(Box::new(sink));
+    }
+
     fn assign(&self, request: AssignTicketsRequest) -> Result<AssignTicketsResponse, RpcStatus> {
         let mut guard = self.state.lock().unwrap();
         let state = &mut *guard;
