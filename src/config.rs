@@ -123,8 +123,10 @@ pub struct Config {
     pub profiles: ProfileConfig,
     /// Deadlines and intervals.
     pub timing: Timing,
-    /// Number of allocator worker threads.
+    /// Allocator worker threads of each region.
     pub allocator_threads: usize,
+    /// Channels (TLS connections) to each region's allocator, shared by its workers.
+    pub allocator_connections: usize,
     /// Bound of the match queue between fetchers and workers.
     pub queue_capacity: usize,
     /// How often the certificate files are checked for changes.
@@ -236,7 +238,8 @@ impl Config {
         let agones = read_agones(&mut r);
         let profiles = read_profiles(&mut r);
         let timing = read_timing(&mut r);
-        let allocator_threads = r.parsed("ALLOCATOR_THREADS", "8", |s| count(s, 1, 1024));
+        let allocator_threads = r.parsed("ALLOCATOR_THREADS", "32", |s| count(s, 1, 1024));
+        let allocator_connections = r.parsed("ALLOCATOR_CONNECTIONS", "2", |s| count(s, 1, 64));
         let queue_capacity = r.parsed("QUEUE_CAPACITY", "64", |s| count(s, 1, 1_000_000));
         let metrics_addr = read_metrics_addr(&mut r);
         let cert_reload_interval = r.parsed("CERT_RELOAD_INTERVAL", "10s", |s| {
@@ -251,6 +254,7 @@ impl Config {
             profiles,
             timing: timing.expect("no problems recorded"),
             allocator_threads: allocator_threads.expect("no problems recorded"),
+            allocator_connections: allocator_connections.expect("no problems recorded"),
             queue_capacity: queue_capacity.expect("no problems recorded"),
             metrics_addr: metrics_addr.expect("no problems recorded"),
             cert_reload_interval: cert_reload_interval.expect("no problems recorded"),
@@ -655,7 +659,8 @@ mod tests {
                 queue_timeout: s(10),
             }
         );
-        assert_eq!(config.allocator_threads, 8);
+        assert_eq!(config.allocator_threads, 32);
+        assert_eq!(config.allocator_connections, 2);
         assert_eq!(config.queue_capacity, 64);
         assert_eq!(config.metrics_addr, Some("0.0.0.0:8080".parse().unwrap()));
         assert_eq!(config.cert_reload_interval, s(10));
@@ -895,6 +900,7 @@ mod tests {
         "SHUTDOWN_TIMEOUT",
         "QUEUE_TIMEOUT",
         "ALLOCATOR_THREADS",
+        "ALLOCATOR_CONNECTIONS",
         "QUEUE_CAPACITY",
         "METRICS_ADDR",
         "CERT_RELOAD_INTERVAL",

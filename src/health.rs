@@ -74,7 +74,7 @@ pub struct Health {
     origin: Instant,
     heartbeats: Mutex<Vec<Arc<Heartbeat>>>,
     last_fetch: Mutex<BTreeMap<String, Result<(), String>>>,
-    allocator_channels: Mutex<BTreeMap<usize, Channel>>,
+    allocator_channels: Mutex<BTreeMap<String, Vec<Channel>>>,
     stopping: AtomicBool,
 }
 
@@ -115,9 +115,9 @@ impl Health {
         lock(&self.last_fetch).insert(profile.to_string(), result);
     }
 
-    /// Records the allocator channel worker `index` uses now.
-    pub fn allocator_channel(&self, index: usize, channel: Channel) {
-        lock(&self.allocator_channels).insert(index, channel);
+    /// Records the allocator channels `region`'s workers use now.
+    pub fn allocator_channels(&self, region: &str, channels: Vec<Channel>) {
+        lock(&self.allocator_channels).insert(region.to_string(), channels);
     }
 
     /// From now on, ended threads are expected.
@@ -154,25 +154,38 @@ impl Health {
             }
         }
         let channels = lock(&self.allocator_channels);
-        let states: Vec<ConnectivityState> = channels
-            .values()
-            .map(|c| c.check_connectivity_state(true))
-            .collect();
-        let connected = states
-            .iter()
-            .filter(|s| **s == ConnectivityState::GRPC_CHANNEL_READY)
-            .count();
-        if connected == 0 {
+        let mut ready = 0;
+        let mut down = Vec::new();
+        for (region, channels) in channels.iter() {
+            let states: Vec<ConnectivityState> = channels
+                .iter()
+                .map(|c| c.check_connectivity_state(true))
+                .collect();
+            if states.contains(&ConnectivityState::GRPC_CHANNEL_READY) {
+                ready += 1;
+            } else {
+                down.push(format!("{region} ({states:?})"));
+            }
+        }
+        if ready == 0 {
             problems.push(format!(
-                "no allocator connection is ready ({} channels: {states:?})",
-                states.len()
+                "no region has a ready allocator connection: {}",
+                down.join(", ")
             ));
         }
         if problems.is_empty() {
+            let down = if down.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; regions without a ready allocator connection: {}",
+                    down.join(", ")
+                )
+            };
             Ok(format!(
-                "ok: {} profiles fetched, {connected}/{} allocator connections ready\n",
+                "ok: {} profiles fetched, {ready}/{} regions' allocators connected{down}\n",
                 last_fetch.len(),
-                states.len()
+                channels.len()
             ))
         } else {
             Err(problems.join("\n") + "\n")

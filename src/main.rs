@@ -119,7 +119,7 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
         agones.port_name,
     );
     log::info!(
-        "{} profiles ({}); interval {:?}; timeouts fetch {:?} allocate {:?} assign {:?}; retry budgets allocate {:?} assign {:?}; shutdown timeout {:?}; {} allocator threads; queue {}",
+        "{} profiles ({}); interval {:?}; timeouts fetch {:?} allocate {:?} assign {:?}; retry budgets allocate {:?} assign {:?}; shutdown timeout {:?}; queue timeout {:?}; per region {} allocator threads on {} connections, queue {}",
         profiles.len(),
         profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         timing.interval,
@@ -129,7 +129,9 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
         timing.allocate_retry_budget,
         timing.assign_retry_budget,
         timing.shutdown_timeout,
+        timing.queue_timeout,
         config.allocator_threads,
+        config.allocator_connections,
         config.queue_capacity,
     );
 }

@@ -5,14 +5,14 @@
 //! *abandoned* (Open Match could not be reached to release them; they return after its
 //! pending-release timeout).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
-use grpcio::{EnvBuilder, Environment, RpcStatusCode};
+use grpcio::{Channel, EnvBuilder, Environment, RpcStatusCode};
 
 use crate::allocator::{self, AllocatorClient, GameServer};
 use crate::config::{AgonesConfig, Config};
@@ -127,12 +127,13 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     openmatch: Arc<Versioned<OpenMatchClient>>,
-    agones_tls: Arc<Versioned<TlsMaterial>>,
     agones: AgonesConfig,
     allocate: RetryPolicy,
     assign: RetryPolicy,
     /// Longest a match may wait for a worker before it is released instead (QUEUE_TIMEOUT).
     queue_timeout: Duration,
+    /// Channels to each region's allocator (ALLOCATOR_CONNECTIONS).
+    allocator_connections: usize,
 }
 
 /// Runs the Director until shutdown is requested and the work is drained (or the shutdown
@@ -143,13 +144,13 @@ pub fn run(
     shutdown: &Arc<Shutdown>,
 ) -> std::io::Result<Totals> {
     let shared = Arc::new(shared_state(config, shutdown));
-    start_certificate_watch(config, &shared)?;
+    let regions = regions(config, &shared, &profiles);
+    start_certificate_watch(config, &shared, &regions)?;
     summary::start(
         config.timing.interval,
         Arc::clone(&shared.metrics),
         Arc::clone(shutdown),
     )?;
-    let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.queue_capacity);
     if let Some(address) = config.metrics_addr {
         let bound = http::serve(address, operations_handler(&shared))
             .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {address}: {e}")))?;
@@ -164,8 +165,8 @@ pub fn run(
             heartbeat: shared
                 .health
                 .register(&name, timing.fetch_timeout + LIVENESS_MARGIN),
+            queue: regions[&profile.region].queue.0.clone(),
             profile: Arc::new(profile),
-            queue: queue_tx.clone(),
             shared: Arc::clone(&shared),
             interval: timing.interval,
             fetch_timeout: timing.fetch_timeout,
@@ -176,14 +177,20 @@ pub fn run(
         + timing.allocate_timeout
         + 2 * (timing.assign_retry_budget + timing.assign_timeout)
         + LIVENESS_MARGIN;
-    for index in 0..config.allocator_threads {
-        let name = format!("alloc-{index}");
-        let heartbeat = shared.health.register(&name, worker_limit);
-        let worker = Worker::new(index, Arc::clone(&shared), heartbeat);
-        let queue = queue_rx.clone();
-        threads.push(spawn(name, alive_tx.clone(), move || worker.run(queue))?);
+    for (name, region) in regions {
+        for index in 0..config.allocator_threads {
+            let thread = format!("alloc-{name}-{index}");
+            let worker = Worker::new(
+                index,
+                Arc::clone(&region.clients),
+                Arc::clone(&shared),
+                shared.health.register(&thread, worker_limit),
+            );
+            let queue = region.queue.1.clone();
+            threads.push(spawn(thread, alive_tx.clone(), move || worker.run(queue))?);
+        }
     }
-    drop((queue_tx, queue_rx, alive_tx));
+    drop(alive_tx);
 
     shutdown.wait_requested();
     shared.health.stopping();
@@ -206,6 +213,39 @@ pub fn run(
     Ok(Totals::of(&shared.metrics))
 }
 
+/// One region's side of the pipeline: the queue its profiles' fetchers fill and its own workers
+/// drain, and the allocator channels those workers share. A region whose allocator hangs holds
+/// only its own workers, and backpressure stops only its own fetchers.
+struct Region {
+    queue: (Sender<MatchJob>, Receiver<MatchJob>),
+    clients: Arc<Versioned<AllocatorClients>>,
+}
+
+/// Every region of the profiles, by name.
+fn regions(config: &Config, shared: &Shared, profiles: &[Profile]) -> BTreeMap<String, Region> {
+    let mut regions = BTreeMap::new();
+    for profile in profiles {
+        regions.entry(profile.region.clone()).or_insert_with(|| {
+            let clients = allocator_clients(shared, &profile.region, &config.agones.tls);
+            Region {
+                queue: crossbeam_channel::bounded(config.queue_capacity),
+                clients: Arc::new(Versioned::new(clients)),
+            }
+        });
+    }
+    regions
+}
+
+/// The long-lived channels to `region`'s allocator (ALLOCATOR_CONNECTIONS of them, each its own
+/// TLS connection carrying many concurrent calls), registered for readiness.
+fn allocator_clients(shared: &Shared, region: &str, material: &TlsMaterial) -> AllocatorClients {
+    let channels: Vec<Channel> = (0..shared.allocator_connections)
+        .map(|_| allocator::connect(Arc::clone(&shared.env), &shared.agones, material))
+        .collect();
+    shared.health.allocator_channels(region, channels.clone());
+    channels.into_iter().map(AllocatorClient::new).collect()
+}
+
 fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
     let env = Arc::new(EnvBuilder::new().name_prefix("grpc").cq_count(2).build());
     let openmatch = OpenMatchClient::new(
@@ -223,7 +263,6 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(Health::new()),
         openmatch: Arc::new(Versioned::new(openmatch)),
-        agones_tls: Arc::new(Versioned::new(config.agones.tls.clone())),
         agones: config.agones.clone(),
         allocate: RetryPolicy {
             attempt_timeout: timing.allocate_timeout,
@@ -236,17 +275,33 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
             retryable: openmatch::is_retryable,
         },
         queue_timeout: timing.queue_timeout,
+        allocator_connections: config.allocator_connections,
     }
 }
 
-/// Records certificate expiry and starts the watcher that reloads changed certificates.
-fn start_certificate_watch(config: &Config, shared: &Arc<Shared>) -> std::io::Result<()> {
+/// Records certificate expiry and starts the watcher that reloads changed certificates: new
+/// Agones material gets every region new allocator channels, which workers take up from their
+/// next match.
+fn start_certificate_watch(
+    config: &Config,
+    shared: &Arc<Shared>,
+    regions: &BTreeMap<String, Region>,
+) -> std::io::Result<()> {
     rotation::record_expiry(&config.agones.tls, &shared.metrics);
-    let agones_tls = Arc::clone(&shared.agones_tls);
+    let renew: Vec<(String, Arc<Versioned<AllocatorClients>>)> = regions
+        .iter()
+        .map(|(name, region)| (name.clone(), Arc::clone(&region.clients)))
+        .collect();
+    let agones_shared = Arc::clone(shared);
     let mut watched = vec![Watched::new(
         "agones",
         &config.agones.tls,
-        move |material| agones_tls.replace(material),
+        move |material| {
+            for (region, clients) in &renew {
+                clients.replace(allocator_clients(&agones_shared, region, &material));
+            }
+            log::info!("New allocator channels with the new Agones client certificate");
+        },
     )];
     if let Some(material) = &config.openmatch.tls {
         rotation::record_expiry(material, &shared.metrics);
@@ -564,38 +619,37 @@ pub fn distinct_ticket_ids(m: &Match) -> Vec<String> {
     ids
 }
 
-/// One allocator worker: its own allocator channel (renewed when the Agones certificates
-/// change), and the shared Open Match client.
+/// The clients of one region's allocator channels, shared by its workers.
+type AllocatorClients = Vec<AllocatorClient>;
+
+/// One allocator worker of a region: it takes the region's matches one at a time, on one of the
+/// region's shared allocator channels (the current ones, after a certificate change), with the
+/// shared Open Match client.
 struct Worker {
     index: usize,
+    clients: Arc<Versioned<AllocatorClients>>,
     shared: Arc<Shared>,
     heartbeat: Arc<Heartbeat>,
-    tls_generation: u64,
-    allocator: AllocatorClient,
     openmatch_generation: u64,
     openmatch: Arc<OpenMatchClient>,
 }
 
 impl Worker {
-    fn new(index: usize, shared: Arc<Shared>, heartbeat: Arc<Heartbeat>) -> Worker {
-        let (tls_generation, material) = shared.agones_tls.current();
-        let allocator = Worker::connect(index, &shared, &material);
+    fn new(
+        index: usize,
+        clients: Arc<Versioned<AllocatorClients>>,
+        shared: Arc<Shared>,
+        heartbeat: Arc<Heartbeat>,
+    ) -> Worker {
         let (openmatch_generation, openmatch) = shared.openmatch.current();
         Worker {
             index,
+            clients,
             shared,
             heartbeat,
-            tls_generation,
-            allocator,
             openmatch_generation,
             openmatch,
         }
-    }
-
-    fn connect(index: usize, shared: &Shared, material: &TlsMaterial) -> AllocatorClient {
-        let channel = allocator::connect(Arc::clone(&shared.env), &shared.agones, material);
-        shared.health.allocator_channel(index, channel.clone());
-        AllocatorClient::new(channel)
     }
 
     fn run(mut self, queue: Receiver<MatchJob>) {
@@ -631,17 +685,8 @@ impl Worker {
         release_and_count(&self.shared, &self.openmatch, &jobs, "shutting down");
     }
 
-    /// Between two matches: switches to new certificates or a new Open Match client if any.
+    /// Between two matches: switches to a new Open Match client if there is one.
     fn refresh_clients(&mut self) {
-        if self.shared.agones_tls.generation() != self.tls_generation {
-            let (generation, material) = self.shared.agones_tls.current();
-            self.allocator = Worker::connect(self.index, &self.shared, &material);
-            self.tls_generation = generation;
-            log::info!(
-                "alloc-{}: switched to the new Agones client certificate",
-                self.index
-            );
-        }
         if self.shared.openmatch.generation() != self.openmatch_generation {
             (self.openmatch_generation, self.openmatch) = self.shared.openmatch.current();
         }
@@ -670,9 +715,9 @@ impl Worker {
         timeout: Duration,
     ) -> Result<crate::proto::allocation::AllocationResponse, RpcError> {
         let started = Instant::now();
-        let result = self
-            .allocator
-            .allocate(request, timeout, &self.shared.shutdown);
+        let (_, clients) = self.clients.current();
+        let client = &clients[self.index % clients.len()];
+        let result = client.allocate(request, timeout, &self.shared.shutdown);
         let metrics = &self.shared.metrics;
         metrics.allocation_duration.observe(started.elapsed());
         let label = match &result {

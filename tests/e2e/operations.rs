@@ -146,11 +146,14 @@ fn readiness_follows_the_allocator_and_liveness_stays_ok() {
     world.allocator.stop();
     wait_until(WAIT, "not ready while the allocator is down", || {
         let (status, body) = get(address, "/readyz");
-        status == 503 && body.contains("no allocator connection is ready")
+        status == 503
+            && body.contains("no region has a ready allocator connection: us-east-1 (")
+            && body.contains(", us-east-2 (")
     });
     assert_eq!(
         get(address, "/healthz"),
-        (200, "ok: 8 threads alive\n".to_string())
+        (200, "ok: 12 threads alive\n".to_string(),),
+        "4 fetchers (2 regions × 2 bands) and 4 workers in each region"
     );
 
     world.allocator.restart();
