@@ -1,7 +1,7 @@
 //! An in-process Agones allocator double that requires a client certificate (mTLS), hands out
 //! game servers per region, follows a script of faults, and records every request.
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,8 +51,28 @@ pub struct Fleet {
     pub per_region: usize,
     /// How long a session keeps a game server Allocated.
     pub session: Duration,
-    /// When each game server of a region was allocated (`None`: Ready).
-    servers: HashMap<String, Vec<Option<Instant>>>,
+    regions: HashMap<String, RegionFleet>,
+}
+
+/// One region's game servers: Ready ones in the order they became Ready, and Allocated ones in
+/// the order they were allocated (so also the order their sessions end). O(1) per allocation.
+#[derive(Debug)]
+struct RegionFleet {
+    ready: VecDeque<usize>,
+    allocated: VecDeque<(Instant, usize)>,
+}
+
+impl RegionFleet {
+    /// Makes the game servers whose session ended Ready again.
+    fn end_sessions(&mut self, session: Duration) {
+        while let Some(&(since, index)) = self.allocated.front() {
+            if since.elapsed() < session {
+                break;
+            }
+            self.allocated.pop_front();
+            self.ready.push_back(index);
+        }
+    }
 }
 
 impl Fleet {
@@ -61,31 +81,36 @@ impl Fleet {
         Fleet {
             per_region,
             session,
-            servers: HashMap::new(),
+            regions: HashMap::new(),
         }
     }
 
     /// Allocates a Ready game server of `region` (ended sessions make theirs Ready again).
     fn allocate(&mut self, region: &str) -> Option<usize> {
-        let session = self.session;
-        let servers = self
-            .servers
+        let per_region = self.per_region;
+        let fleet = self
+            .regions
             .entry(region.to_string())
-            .or_insert_with(|| vec![None; self.per_region]);
-        let index = servers
-            .iter()
-            .position(|s| s.is_none_or(|since| since.elapsed() >= session))?;
-        servers[index] = Some(Instant::now());
+            .or_insert_with(|| RegionFleet {
+                ready: (0..per_region).collect(),
+                allocated: VecDeque::new(),
+            });
+        fleet.end_sessions(self.session);
+        let index = fleet.ready.pop_front()?;
+        fleet.allocated.push_back((Instant::now(), index));
         Some(index)
     }
 
     /// Allocated game servers in all regions.
-    pub fn allocated(&self) -> usize {
-        self.servers
-            .values()
-            .flatten()
-            .filter(|s| s.is_some_and(|since| since.elapsed() < self.session))
-            .count()
+    pub fn allocated(&mut self) -> usize {
+        let session = self.session;
+        self.regions
+            .values_mut()
+            .map(|fleet| {
+                fleet.end_sessions(session);
+                fleet.allocated.len()
+            })
+            .sum()
     }
 }
 
@@ -96,6 +121,8 @@ pub struct AgonesState {
     pub requests: Vec<AllocationRequest>,
     /// Allocate requests received.
     pub calls: usize,
+    /// The client addresses (`ipv4:127.0.0.1:PORT`) calls came from: one per TCP connection.
+    pub peers: HashSet<String>,
     /// Every game server allocated.
     pub allocated: Vec<Allocated>,
     /// Replies for the next calls, in order; once empty, calls succeed.
@@ -367,6 +394,7 @@ impl AllocationService for Allocator {
         request: AllocationRequest,
         sink: UnarySink<AllocationResponse>,
     ) {
+        self.state.lock().unwrap().peers.insert(ctx.peer());
         match self.decide(request) {
             (Reply::Hang(delay), result) => {
                 let send = move || {

@@ -92,6 +92,8 @@ pub struct OmState {
     pub fetches: Vec<FetchMatchesRequest>,
     /// Every match handed out, by id.
     pub matches: HashMap<String, IssuedMatch>,
+    /// How many of them got an AssignTickets.
+    pub assigned_matches: usize,
     /// Every AssignTickets request (when `keep_requests`).
     pub assigns: Vec<AssignTicketsRequest>,
     /// The ticket ids of every ReleaseTickets request received.
@@ -478,7 +480,10 @@ impl Backend {
                     .get(id)
                     .and_then(|match_id| state.matches.get_mut(match_id))
                 {
-                    m.assigned_at.get_or_insert(now);
+                    if m.assigned_at.is_none() {
+                        m.assigned_at = Some(now);
+                        state.assigned_matches += 1;
+                    }
                 }
                 match state.index.get(id).map(|&i| &mut state.tickets[i]) {
                     Some(ticket) if !not_found => {

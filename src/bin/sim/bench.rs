@@ -1,5 +1,10 @@
 //! `sim bench`: measured scenarios against the simulated world. Figures, not pass/fail: a
 //! Markdown table on standard output and `target/bench/results.json`.
+//!
+//! Every row is run `RUNS` times and shows the median with the range (min–max) beside it; each
+//! run has at least `STEADY` of steady state (from the first assignment to the last). The
+//! simulator shares the machine with the Director, so each row also shows the simulator's own CPU
+//! use: when it nears the machine's cores, the simulator, not the Director, is the limit.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -7,35 +12,78 @@ use std::time::{Duration, Instant};
 
 use crate::world::{quantile, DirectorProcess, World, WorldConfig};
 
+/// Runs of every row.
+const RUNS: usize = 3;
+/// Least steady state a throughput run aims for.
+const STEADY: Duration = Duration::from_secs(6);
+/// The Director's defaults, for the arithmetic of the ideal rate.
+const DEFAULT_THREADS_PER_REGION: usize = 32;
+
 /// Bench settings.
 pub struct Options {
-    /// Tiny sizes and one scenario: a smoke run that the benchmark still works.
+    /// Tiny sizes, one run, two scenarios: a smoke run that the benchmark still works.
     quick: bool,
+    /// Only the scenarios whose name starts with this (e.g. `2` for the latency sweep).
+    only: Option<String>,
 }
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
         match args {
-            [] => Ok(Options { quick: false }),
-            [flag] if flag == "--quick" => Ok(Options { quick: true }),
-            _ => Err("bench takes only --quick".to_string()),
+            [] => Ok(Options {
+                quick: false,
+                only: None,
+            }),
+            [flag] if flag == "--quick" => Ok(Options {
+                quick: true,
+                only: None,
+            }),
+            [flag, scenario] if flag == "--only" => Ok(Options {
+                quick: false,
+                only: Some(scenario.clone()),
+            }),
+            _ => Err("bench takes --quick, or --only SCENARIO (a scenario number)".to_string()),
         }
+    }
+
+    /// Whether to run `scenario`.
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| scenario.starts_with(only.as_str()))
+    }
+}
+
+/// A figure of several runs: the median and the range.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// `None` when no run gave a finite value.
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+        values.sort_by(f64::total_cmp);
+        Some(Spread {
+            median: *values.get(values.len() / 2)?,
+            min: *values.first()?,
+            max: *values.last()?,
+        })
     }
 }
 
 /// One row of the results.
-#[derive(Default)]
 struct Row {
     scenario: &'static str,
     setup: String,
-    matches: usize,
-    matches_per_second: Option<f64>,
-    ideal_ratio: Option<f64>,
-    cpu_us_per_match: Option<f64>,
-    idle_cpu_percent: Option<f64>,
-    peak_rss_mib: f64,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
+    runs: Vec<Measured>,
+    /// The rate the Director could reach if the allocator's latency were the only limit.
+    ideal: Option<f64>,
+    /// Whether the row is about the rate (a backlog) rather than about waiting times.
+    throughput: bool,
 }
 
 /// What one run of the Director measured.
@@ -44,9 +92,15 @@ struct Measured {
     /// From the first assignment to the last.
     seconds: f64,
     cpu: Duration,
+    /// The Director's CPU while idle before the load, per second.
+    idle_cpu_per_second: Option<f64>,
     peak_rss_kib: u64,
     p50: Duration,
     p99: Duration,
+    /// The simulator's own CPU during the run, in cores.
+    sim_cores: f64,
+    /// TCP connections the allocator saw.
+    allocator_connections: usize,
 }
 
 impl Measured {
@@ -54,21 +108,50 @@ impl Measured {
     fn rate(&self) -> f64 {
         self.matches.saturating_sub(1) as f64 / self.seconds
     }
+
+    /// Director CPU per match, idle CPU of the same span taken off.
+    fn cpu_us_per_match(&self) -> f64 {
+        let idle = self.idle_cpu_per_second.unwrap_or(0.0) * self.seconds;
+        (self.cpu.as_secs_f64() - idle).max(0.0) * 1e6 / self.matches as f64
+    }
+}
+
+impl Row {
+    fn spread(&self, figure: impl Fn(&Measured) -> f64) -> Option<Spread> {
+        Spread::of(self.runs.iter().map(figure))
+    }
 }
 
 pub fn run(options: Options) -> ExitCode {
-    let scale = if options.quick { 0.05 } else { 1.0 };
-    let sized = |n: f64| ((n * scale).ceil() as usize).max(4);
-    let mut rows = vec![saturation(sized(2000.0))];
-    if !options.quick {
-        for threads in [1, 8, 32] {
-            rows.push(latency_bound(threads));
+    let runs = if options.quick { 1 } else { RUNS };
+    let mut rows = Vec::new();
+    if options.quick {
+        rows.push(saturation(runs, 100));
+        rows.push(latency_sweep(runs, Duration::from_millis(20), 100));
+    } else {
+        if options.wants("1") {
+            rows.push(saturation(runs, 25_000));
         }
-        rows.push(time_to_assignment());
-        rows.push(profiles_scale("2 regions × 5 bands", 2, 5));
-        rows.push(profiles_scale("20 regions × 10 bands", 20, 10));
+        if options.wants("2") {
+            for latency_ms in [20, 50, 100, 250] {
+                let latency = Duration::from_millis(latency_ms);
+                rows.push(latency_sweep(runs, latency, sweep_backlog(latency)));
+            }
+        }
+        if options.wants("3") {
+            for threads in [1, 8, 32] {
+                rows.push(latency_bound(runs, threads));
+            }
+        }
+        if options.wants("4") {
+            rows.push(time_to_assignment(runs));
+        }
+        if options.wants("5") {
+            rows.push(profiles_scale(runs, "2 regions × 5 bands", 2, 5));
+            rows.push(profiles_scale(runs, "20 regions × 10 bands", 20, 10));
+        }
     }
-    let table = markdown(&rows);
+    let table = markdown(&rows, runs);
     print!("{table}");
     if let Err(error) = write_json(&rows) {
         eprintln!("sim: cannot write target/bench/results.json: {error}");
@@ -78,83 +161,132 @@ pub fn run(options: Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs `scenario` `runs` times.
+fn repeat(runs: usize, scenario: impl Fn() -> Measured) -> Vec<Measured> {
+    (0..runs)
+        .map(|run| {
+            let measured = scenario();
+            eprintln!(
+                "sim: run {}/{runs}: {} matches, {:.0}/s, sim {:.2} cores",
+                run + 1,
+                measured.matches,
+                measured.rate(),
+                measured.sim_cores
+            );
+            measured
+        })
+        .collect()
+}
+
 /// Scenario 1: no allocator latency, a large backlog; how fast and how cheaply the Director works.
-fn saturation(matches: usize) -> Row {
+fn saturation(runs: usize, matches: usize) -> Row {
     let config = WorldConfig {
         fleet_per_region: matches,
         session: Duration::from_secs(3600),
         ..WorldConfig::default()
     };
-    let measured = backlog(config, matches);
     Row {
         scenario: "1 saturation",
-        setup: format!("latency 0, backlog {matches} matches, 8 threads"),
-        matches: measured.matches,
-        matches_per_second: Some(measured.rate()),
-        cpu_us_per_match: Some(measured.cpu.as_secs_f64() * 1e6 / measured.matches as f64),
-        peak_rss_mib: measured.peak_rss_kib as f64 / 1024.0,
-        ..Row::default()
+        setup: format!("latency 0, backlog {matches} matches, defaults"),
+        runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
+        ideal: None,
+        throughput: true,
     }
 }
 
-/// Scenario 2: 20 ms allocator latency; throughput against the ideal threads / latency.
-fn latency_bound(threads: usize) -> Row {
-    let latency = Duration::from_millis(20);
-    let ideal = threads as f64 / latency.as_secs_f64();
-    let matches = (ideal * 2.0) as usize;
+/// Matches for at least [`STEADY`] at the rate the defaults allow at `latency` (at most 3000/s,
+/// about what two cores shared with the simulator reach).
+fn sweep_backlog(latency: Duration) -> usize {
+    let ideal = 2.0 * DEFAULT_THREADS_PER_REGION as f64 / latency.as_secs_f64();
+    (ideal.min(3000.0) * STEADY.as_secs_f64()) as usize
+}
+
+/// Scenario 2: the default configuration (10 profiles, 2 regions) against an allocator that
+/// answers after `latency`, with a backlog in every profile.
+fn latency_sweep(runs: usize, latency: Duration, matches: usize) -> Row {
     let config = WorldConfig {
         fleet_per_region: matches,
         session: Duration::from_secs(3600),
         allocator_latency: latency,
-        allocator_threads: threads,
         ..WorldConfig::default()
     };
-    let measured = backlog(config, matches);
-    let rate = measured.rate();
+    // One player latency per band of the default RANGES, so that all ten profiles have matches.
+    let bands = [10.0, 30.0, 60.0, 80.0, 150.0];
     Row {
-        scenario: "2 latency-bound",
-        setup: format!("latency 20 ms, {threads} threads, backlog {matches} matches"),
-        matches: measured.matches,
-        matches_per_second: Some(rate),
-        ideal_ratio: Some(rate / ideal),
-        cpu_us_per_match: Some(measured.cpu.as_secs_f64() * 1e6 / measured.matches as f64),
-        peak_rss_mib: measured.peak_rss_kib as f64 / 1024.0,
-        ..Row::default()
+        scenario: "2 latency sweep",
+        setup: format!(
+            "latency {} ms, defaults (2 regions × {DEFAULT_THREADS_PER_REGION} threads), backlog {matches} matches in 10 profiles",
+            latency.as_millis()
+        ),
+        runs: repeat(runs, || backlog(config.clone(), matches, &bands)),
+        ideal: Some(2.0 * DEFAULT_THREADS_PER_REGION as f64 / latency.as_secs_f64()),
+        throughput: true,
     }
 }
 
-/// Scenario 3: moderate load; time from a match on the stream to its AssignTickets.
-fn time_to_assignment() -> Row {
+/// Scenario 3: 20 ms allocator latency, one region; throughput against threads / latency.
+fn latency_bound(runs: usize, threads: usize) -> Row {
+    let latency = Duration::from_millis(20);
+    let ideal = threads as f64 / latency.as_secs_f64();
+    let matches = (ideal * STEADY.as_secs_f64()) as usize;
+    let config = WorldConfig {
+        regions: vec!["us-east-1".into()],
+        fleet_per_region: matches,
+        session: Duration::from_secs(3600),
+        allocator_latency: latency,
+        allocator_threads: Some(threads),
+        ..WorldConfig::default()
+    };
+    Row {
+        scenario: "3 latency-bound",
+        setup: format!("latency 20 ms, 1 region × {threads} threads, backlog {matches} matches"),
+        runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
+        ideal: Some(ideal),
+        throughput: true,
+    }
+}
+
+/// Scenario 4: moderate load; time from a match on the stream to its AssignTickets.
+fn time_to_assignment(runs: usize) -> Row {
     let config = WorldConfig {
         fleet_per_region: 2000,
         session: Duration::from_secs(3600),
         interval: Duration::from_millis(100),
         ..WorldConfig::default()
     };
-    let mut world = World::start(config);
-    let (director, drain) = start_quietly(&world);
-    let players = 2000;
-    let regions = world.config.regions.len() as u64;
-    let started = Instant::now();
-    for player in 0..players {
-        world.add_player_near((player / 4 % regions) as usize, 10.0);
-        let due = started + Duration::from_micros(player * 5_000);
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-    }
-    let measured = finish(&world, director, drain, players as usize / 4);
+    let run = || {
+        let mut world = World::start(config.clone());
+        let (director, drain) = start_quietly(&world);
+        let sim_started = sim_cpu();
+        let players = 2000;
+        let regions = world.config.regions.len() as u64;
+        let started = Instant::now();
+        for player in 0..players {
+            world.add_player_near((player / 4 % regions) as usize, 10.0);
+            let due = started + Duration::from_micros(player * 5_000);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        finish(
+            &world,
+            director,
+            drain,
+            players as usize / 4,
+            None,
+            sim_started,
+        )
+    };
     Row {
-        scenario: "3 time-to-assignment",
-        setup: "200 players/s for 10 s, latency 0, 8 threads".to_string(),
-        matches: measured.matches,
-        p50_ms: Some(measured.p50.as_secs_f64() * 1e3),
-        p99_ms: Some(measured.p99.as_secs_f64() * 1e3),
-        peak_rss_mib: measured.peak_rss_kib as f64 / 1024.0,
-        ..Row::default()
+        scenario: "4 time-to-assignment",
+        setup: "200 players/s for 10 s, latency 0, defaults".to_string(),
+        runs: repeat(runs, run),
+        ideal: None,
+        throughput: false,
     }
 }
 
-/// Scenario 4: many profiles; Director CPU and memory idle and under a backlog.
-fn profiles_scale(label: &str, regions: usize, bands: usize) -> Row {
+/// Scenario 5: many profiles; Director CPU and memory idle and under a backlog.
+fn profiles_scale(runs: usize, label: &str, regions: usize, bands: usize) -> Row {
+    let matches = 400 * regions.max(2);
     let config = WorldConfig {
         regions: (0..regions).map(|r| format!("region-{r:02}")).collect(),
         ranges: (0..bands)
@@ -164,52 +296,62 @@ fn profiles_scale(label: &str, regions: usize, bands: usize) -> Row {
             })
             .collect::<Vec<_>>()
             .join(","),
-        fleet_per_region: 400,
+        fleet_per_region: matches,
         session: Duration::from_secs(3600),
         ..WorldConfig::default()
     };
-    let mut world = World::start(config);
-    let (director, drain) = start_quietly(&world);
-    let idle_window = Duration::from_secs(3);
-    std::thread::sleep(Duration::from_secs(1));
-    let before = director.cpu_time();
-    std::thread::sleep(idle_window);
-    let idle = director.cpu_time().saturating_sub(before);
-    let matches = 400;
-    for player in 0..matches * 4 {
-        // Four consecutive players share a region and a band, so every player ends up in a match.
-        let group = player / 4;
-        let band = group / regions % bands;
-        world.add_player_near(group % regions, (band * 10 + 5) as f64);
-    }
-    let measured = finish(&world, director, drain, matches);
+    let run = || {
+        let mut world = World::start(config.clone());
+        let (director, drain) = start_quietly(&world);
+        let idle_window = Duration::from_secs(3);
+        std::thread::sleep(Duration::from_secs(1));
+        let before = director.cpu_time();
+        std::thread::sleep(idle_window);
+        let idle = director.cpu_time().saturating_sub(before);
+        let sim_started = sim_cpu();
+        for player in 0..matches * 4 {
+            // Four consecutive players share a region and a band, so every player is matched.
+            let group = player / 4;
+            let band = group / regions % bands;
+            world.add_player_near(group % regions, (band * 10 + 5) as f64);
+        }
+        let idle_per_second = idle.as_secs_f64() / idle_window.as_secs_f64();
+        let mut measured = finish(
+            &world,
+            director,
+            drain,
+            matches,
+            Some(idle_per_second),
+            sim_started,
+        );
+        measured.cpu = measured.cpu.saturating_sub(before + idle);
+        measured
+    };
     Row {
-        scenario: "4 profiles",
+        scenario: "5 profiles",
         setup: format!(
-            "{label} = {} profiles, backlog {matches} matches",
+            "{label} = {} profiles, backlog {matches} matches, defaults",
             regions * bands
         ),
-        matches: measured.matches,
-        matches_per_second: Some(measured.rate()),
-        cpu_us_per_match: Some(
-            measured.cpu.saturating_sub(idle).as_secs_f64() * 1e6 / measured.matches as f64,
-        ),
-        idle_cpu_percent: Some(idle.as_secs_f64() / idle_window.as_secs_f64() * 100.0),
-        peak_rss_mib: measured.peak_rss_kib as f64 / 1024.0,
-        ..Row::default()
+        runs: repeat(runs, run),
+        ideal: None,
+        throughput: true,
     }
 }
 
-/// Puts `matches` matches' worth of players in the pool, then runs the Director until all are
-/// assigned.
-fn backlog(config: WorldConfig, matches: usize) -> Measured {
+/// Puts `matches` matches' worth of players in the pool, spread over the regions and over
+/// `latencies` (one per band to fill), then runs the Director until all are assigned.
+fn backlog(config: WorldConfig, matches: usize, latencies: &[f64]) -> Measured {
     let mut world = World::start(config);
     let regions = world.config.regions.len();
     for player in 0..matches * 4 {
-        world.add_player_near(player / 4 % regions, 10.0);
+        let group = player / 4;
+        let latency = latencies[group / regions % latencies.len()];
+        world.add_player_only_near(group % regions, latency);
     }
     let (director, drain) = start_quietly(&world);
-    finish(&world, director, drain, matches)
+    let sim_started = sim_cpu();
+    finish(&world, director, drain, matches, None, sim_started)
 }
 
 /// Starts the Director with warnings only, draining its log so that it never blocks on the pipe.
@@ -220,22 +362,35 @@ fn start_quietly(world: &World) -> (DirectorProcess, std::thread::JoinHandle<()>
     (director, drain)
 }
 
+/// This process's CPU time so far, and when it was read.
+fn sim_cpu() -> (Duration, Instant) {
+    (
+        crate::world::cpu_time_of(std::process::id()),
+        Instant::now(),
+    )
+}
+
 /// Waits until `matches` matches are assigned (at most two minutes), then measures and stops.
 fn finish(
     world: &World,
     mut director: DirectorProcess,
     drain: std::thread::JoinHandle<()>,
     matches: usize,
+    idle_cpu_per_second: Option<f64>,
+    (sim_cpu_at_start, started): (Duration, Instant),
 ) -> Measured {
     let give_up = Instant::now() + Duration::from_secs(120);
     while Instant::now() < give_up && assigned_matches(world) < matches {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let sim_cores = (sim_cpu().0.saturating_sub(sim_cpu_at_start)).as_secs_f64()
+        / started.elapsed().as_secs_f64();
     let cpu = director.cpu_time();
     let peak_rss_kib = director.peak_rss_kib();
     director.terminate();
     director.wait();
     let _ = drain.join();
+    let allocator_connections = world.allocator.state().peers.len();
     let om = world.om.state();
     let done: Vec<_> = om
         .matches
@@ -255,71 +410,127 @@ fn finish(
         matches: done.len(),
         seconds,
         cpu,
+        idle_cpu_per_second,
         peak_rss_kib,
         p50: quantile(&mut waits, 0.5),
         p99: quantile(&mut waits, 0.99),
+        sim_cores,
+        allocator_connections,
     }
 }
 
 fn assigned_matches(world: &World) -> usize {
-    world
-        .om
-        .state()
-        .matches
-        .values()
-        .filter(|m| m.assigned_at.is_some())
-        .count()
+    world.om.state().assigned_matches
 }
 
-fn cell(value: Option<f64>, decimals: usize) -> String {
-    value.map_or_else(|| "—".to_string(), |v| format!("{v:.decimals$}"))
+/// `median (min–max)`, or `—`.
+fn cell(spread: Option<Spread>, decimals: usize) -> String {
+    match spread {
+        None => "—".to_string(),
+        Some(s) if s.min == s.max => format!("{:.decimals$}", s.median),
+        Some(s) => format!(
+            "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+            s.median, s.min, s.max
+        ),
+    }
 }
 
-fn markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| scenario | setup | matches | matches/s | vs ideal | CPU µs/match | idle CPU % | peak RSS MiB | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n",
+/// The row's figures, in the order of the table's columns after the setup.
+fn figures(row: &Row) -> [(&'static str, Option<Spread>, usize); 10] {
+    let throughput = |spread: Option<Spread>| spread.filter(|_| row.throughput);
+    let waits = |spread: Option<Spread>| spread.filter(|_| !row.throughput);
+    [
+        ("matches", row.spread(|m| m.matches as f64), 0),
+        (
+            "matches_per_second",
+            throughput(row.spread(Measured::rate)),
+            0,
+        ),
+        (
+            "ideal_ratio",
+            row.ideal.and_then(|ideal| row.spread(|m| m.rate() / ideal)),
+            2,
+        ),
+        (
+            "cpu_us_per_match",
+            throughput(row.spread(Measured::cpu_us_per_match)),
+            0,
+        ),
+        (
+            "idle_cpu_percent",
+            row.spread(|m| m.idle_cpu_per_second.map_or(f64::NAN, |c| c * 100.0)),
+            2,
+        ),
+        (
+            "peak_rss_mib",
+            row.spread(|m| m.peak_rss_kib as f64 / 1024.0),
+            1,
+        ),
+        (
+            "allocator_connections",
+            row.spread(|m| m.allocator_connections as f64),
+            0,
+        ),
+        ("sim_cores", row.spread(|m| m.sim_cores), 2),
+        (
+            "p50_ms",
+            waits(row.spread(|m| m.p50.as_secs_f64() * 1e3)),
+            1,
+        ),
+        (
+            "p99_ms",
+            waits(row.spread(|m| m.p99.as_secs_f64() * 1e3)),
+            1,
+        ),
+    ]
+}
+
+fn markdown(rows: &[Row], runs: usize) -> String {
+    let mut out = format!(
+        "Each figure: median of {runs} runs (min–max); sim cores = the simulator's own CPU.\n\n| scenario | setup | matches | matches/s | vs ideal | CPU µs/match | idle CPU % | peak RSS MiB | allocator connections | sim cores | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
+        let cells: Vec<String> = figures(row)
+            .into_iter()
+            .map(|(_, spread, decimals)| cell(spread, decimals))
+            .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} |",
             row.scenario,
             row.setup,
-            row.matches,
-            cell(row.matches_per_second, 0),
-            cell(row.ideal_ratio, 2),
-            cell(row.cpu_us_per_match, 0),
-            cell(row.idle_cpu_percent, 2),
-            row.peak_rss_mib,
-            cell(row.p50_ms, 1),
-            cell(row.p99_ms, 1),
+            cells.join(" | ")
         );
     }
     out
 }
 
-fn json_number(value: Option<f64>) -> String {
-    value
-        .filter(|v| v.is_finite())
-        .map_or_else(|| "null".to_string(), |v| format!("{v:.3}"))
+fn json_spread(spread: Option<Spread>) -> String {
+    spread.map_or_else(
+        || "null".to_string(),
+        |s| {
+            format!(
+                "{{\"median\": {:.3}, \"min\": {:.3}, \"max\": {:.3}}}",
+                s.median, s.min, s.max
+            )
+        },
+    )
 }
 
 fn write_json(rows: &[Row]) -> std::io::Result<()> {
     let entries: Vec<String> = rows
         .iter()
-        .map(|r| {
+        .map(|row| {
+            let fields: Vec<String> = figures(row)
+                .into_iter()
+                .map(|(name, spread, _)| format!("\"{name}\": {}", json_spread(spread)))
+                .collect();
             format!(
-                "  {{\"scenario\": \"{}\", \"setup\": \"{}\", \"matches\": {}, \"matches_per_second\": {}, \"ideal_ratio\": {}, \"cpu_us_per_match\": {}, \"idle_cpu_percent\": {}, \"peak_rss_mib\": {}, \"p50_ms\": {}, \"p99_ms\": {}}}",
-                r.scenario,
-                r.setup,
-                r.matches,
-                json_number(r.matches_per_second),
-                json_number(r.ideal_ratio),
-                json_number(r.cpu_us_per_match),
-                json_number(r.idle_cpu_percent),
-                json_number(Some(r.peak_rss_mib)),
-                json_number(r.p50_ms),
-                json_number(r.p99_ms),
+                "  {{\"scenario\": \"{}\", \"setup\": \"{}\", \"runs\": {}, {}}}",
+                row.scenario,
+                row.setup,
+                row.runs.len(),
+                fields.join(", ")
             )
         })
         .collect();

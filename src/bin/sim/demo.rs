@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::world::{quantile, World, WorldConfig};
 use crate::{flag_value, seconds};
+use agones_openmatch_director::doubles::agones::Fleet;
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
 
 /// Demo settings.
@@ -38,7 +39,7 @@ impl Options {
                 }
                 "--error-rate" => world.error_rate = flag_value(flag, args.next())?,
                 "--outage" => world.outage = Some(flag_value(flag, args.next())?),
-                "--threads" => world.allocator_threads = flag_value(flag, args.next())?,
+                "--threads" => world.allocator_threads = Some(flag_value(flag, args.next())?),
                 "--regions" => {
                     let list: String = flag_value(flag, args.next())?;
                     world.regions = list.split(',').map(String::from).collect();
@@ -69,12 +70,12 @@ impl Status {
             .iter()
             .filter_map(|t| Some(t.assigned_at? - t.created_at))
             .collect();
-        let allocator = world.allocator.state();
+        let mut allocator = world.allocator.state();
         Status {
             waiting: om.count(|s| *s == TicketStatus::Available),
             matches: om.matches.len(),
             allocations: allocator.calls,
-            in_play: allocator.fleet.as_ref().map_or(0, |f| f.allocated()),
+            in_play: allocator.fleet.as_mut().map_or(0, Fleet::allocated),
             assigned: waits.len(),
             p50: quantile(&mut waits, 0.5),
             p99: quantile(&mut waits, 0.99),

@@ -16,7 +16,7 @@ const USAGE: &str = "usage:
   sim demo [--duration SECS] [--arrival-rate PLAYERS_PER_SEC] [--fleet GAME_SERVERS_PER_REGION]
            [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
            [--regions A,B] [--threads N]
-  sim bench [--quick]";
+  sim bench [--quick | --only SCENARIO]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -19,7 +19,8 @@ pub struct WorldConfig {
     pub allocator_latency: Duration,
     pub error_rate: f64,
     pub outage: Option<String>,
-    pub allocator_threads: usize,
+    /// ALLOCATOR_THREADS; `None`: the Director's default.
+    pub allocator_threads: Option<usize>,
     pub interval: Duration,
     pub pending_release_timeout: Duration,
 }
@@ -34,7 +35,7 @@ impl Default for WorldConfig {
             allocator_latency: Duration::ZERO,
             error_rate: 0.0,
             outage: None,
-            allocator_threads: 8,
+            allocator_threads: None,
             interval: Duration::from_millis(250),
             pending_release_timeout: Duration::from_secs(60),
         }
@@ -92,16 +93,30 @@ impl World {
 
     /// Adds a player with `latency` to region number `home` and 60–200 ms to the others.
     pub fn add_player_near(&mut self, home: usize, latency: f64) -> String {
+        self.add_player_with(home, latency, |world| {
+            60.0 + (world.next_random() % 140) as f64
+        })
+    }
+
+    /// Adds a player with `latency` to region number `home` and no usable latency (100 s) to
+    /// the others, so that only `home`'s profiles can match it.
+    pub fn add_player_only_near(&mut self, home: usize, latency: f64) -> String {
+        self.add_player_with(home, latency, |_| 100_000.0)
+    }
+
+    fn add_player_with(
+        &mut self,
+        home: usize,
+        latency: f64,
+        mut far: impl FnMut(&mut World) -> f64,
+    ) -> String {
         let regions = self.config.regions.clone();
         let args: Vec<(String, f64)> = regions
             .iter()
             .enumerate()
             .map(|(i, region)| {
-                let far = 60.0 + (self.next_random() % 140) as f64;
-                (
-                    format!("latency-{region}"),
-                    if i == home { latency } else { far },
-                )
+                let value = if i == home { latency } else { far(self) };
+                (format!("latency-{region}"), value)
             })
             .collect();
         let args: Vec<(&str, f64)> = args.iter().map(|(a, v)| (a.as_str(), *v)).collect();
@@ -142,13 +157,14 @@ impl World {
             .env("ALLOCATE_TIMEOUT", "2s")
             .env("ALLOCATE_RETRY_BUDGET", "5s")
             .env("SHUTDOWN_TIMEOUT", "10s")
-            .env("ALLOCATOR_THREADS", c.allocator_threads.to_string())
-            .env("QUEUE_CAPACITY", "64")
             .env("METRICS_ADDR", "")
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(threads) = c.allocator_threads {
+            command.env("ALLOCATOR_THREADS", threads.to_string());
+        }
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
@@ -168,17 +184,9 @@ impl DirectorProcess {
         BufReader::new(stderr).lines().map_while(Result::ok)
     }
 
-    /// CPU time used so far (user + system), from /proc/PID/stat.
+    /// CPU time used so far (user + system).
     pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after_name = stat.rsplit(')').next().unwrap_or_default();
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum();
-        Duration::from_millis(ticks * 10)
+        cpu_time_of(self.child.id())
     }
 
     /// Peak resident memory (VmHWM) in KiB, from /proc/PID/status.
@@ -212,6 +220,18 @@ impl Drop for DirectorProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// CPU time process `pid` used so far (user + system), from /proc/PID/stat (10 ms ticks).
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 /// The `q`-quantile (0..=1) of `values`, which it sorts.

@@ -1,0 +1,238 @@
+//! A fetcher: one profile's FetchMatches loop. It starts a call only when its region's queue has
+//! room (backpressure before Open Match hands out matches), reads every stream to its end at once,
+//! and queues the matches as room appears, releasing those that cannot start in time.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Sender};
+use grpcio::RpcStatusCode;
+
+use super::{release_and_count, MatchJob, Shared};
+use crate::health::Heartbeat;
+use crate::openmatch::{FetchOutcome, OpenMatchClient};
+use crate::profiles::Profile;
+use crate::proto::messages::Match;
+use crate::retry::fetch_backoff;
+use crate::rpc::{code_name, RpcError};
+
+/// One profile's fetch loop.
+pub(super) struct Fetcher {
+    pub(super) profile: Arc<Profile>,
+    /// Its region's queue.
+    pub(super) queue: Sender<MatchJob>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) heartbeat: Arc<Heartbeat>,
+    pub(super) interval: Duration,
+    pub(super) fetch_timeout: Duration,
+}
+
+/// How often a fetcher looks again for room in a full queue before its next FetchMatches.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
+impl Fetcher {
+    pub(super) fn run(self) {
+        let mut failures = 0;
+        while self.wait_for_room() {
+            let (_, openmatch) = self.shared.openmatch.current();
+            self.heartbeat.progress();
+            let mut backlog = VecDeque::new();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                openmatch.fetch_matches(
+                    &self.profile.match_profile,
+                    self.fetch_timeout,
+                    &self.shared.shutdown,
+                    |m| self.take(m, &mut backlog),
+                )
+            }))
+            .unwrap_or_else(|_| FetchOutcome {
+                received: 0,
+                error: Some(RpcError::new(
+                    RpcStatusCode::INTERNAL,
+                    "bug: the fetcher panicked; matches already received are still handled",
+                )),
+            });
+            self.drain(backlog, &openmatch);
+            self.record(&outcome);
+            let pause = match outcome.error {
+                None => {
+                    failures = 0;
+                    if outcome.received > 0 {
+                        log::info!(
+                            "Generated {} matches for profile {}",
+                            outcome.received,
+                            self.profile.name
+                        );
+                    }
+                    self.interval
+                }
+                Some(error) => {
+                    failures += 1;
+                    let pause = fetch_backoff(self.interval, failures);
+                    log::warn!(
+                        "FetchMatches for profile {} failed after {} matches: {error}; next try in {:.1}s",
+                        self.profile.name,
+                        outcome.received,
+                        pause.as_secs_f64()
+                    );
+                    pause
+                }
+            };
+            let stop = self.heartbeat.waiting(|| {
+                select! {
+                    recv(self.shared.shutdown.requested_channel()) -> _ => true,
+                    default(pause) => false,
+                }
+            });
+            if stop {
+                break;
+            }
+        }
+        self.heartbeat.exited();
+    }
+
+    /// Backpressure, applied before a FetchMatches call rather than during one: every match a
+    /// stream carries is already pending in Open Match, so no stream starts while the queue is
+    /// full. Returns `false` once shutdown is requested.
+    fn wait_for_room(&self) -> bool {
+        self.heartbeat.waiting(|| loop {
+            if self.shared.shutdown.is_requested() {
+                return false;
+            }
+            if !self.queue.is_full() {
+                return true;
+            }
+            select! {
+                recv(self.shared.shutdown.requested_channel()) -> _ => return false,
+                default(ROOM_POLL) => {}
+            }
+        })
+    }
+
+    fn record(&self, outcome: &FetchOutcome) {
+        let name = self.profile.name.as_str();
+        let result = match &outcome.error {
+            None => Ok(()),
+            Some(error) => {
+                let code = code_name(error.code);
+                self.shared.metrics.fetch_errors.inc(&[name, &code]);
+                Err(error.to_string())
+            }
+        };
+        self.shared.health.fetch_finished(name, result);
+    }
+
+    /// Takes a match as it comes off the stream: into the queue if it has room, else into the
+    /// stream's backlog. Never blocks, so the stream is always read to its end at once.
+    fn take(&self, m: Match, backlog: &mut VecDeque<MatchJob>) {
+        let ticket_ids = distinct_ticket_ids(&m);
+        if ticket_ids.is_empty() {
+            log::warn!(
+                "Skipping match {} of profile {}: it has no tickets",
+                m.get_match_id(),
+                self.profile.name
+            );
+            self.shared.metrics.empty_matches.add(1);
+            return;
+        }
+        self.heartbeat.progress();
+        self.shared
+            .metrics
+            .matches_fetched
+            .inc(&[self.profile.name.as_str()]);
+        backlog.push_back(MatchJob {
+            profile: Arc::clone(&self.profile),
+            match_id: m.get_match_id().to_string(),
+            ticket_ids,
+            received_at: Instant::now(),
+        });
+        while let Some(job) = backlog.pop_front() {
+            match self.queue.try_send(job) {
+                Ok(()) => self.shared.metrics.queued(),
+                Err(refused) => {
+                    backlog.push_front(refused.into_inner());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues the backlog a stream left as room appears. Matches that cannot be queued before
+    /// their QUEUE_TIMEOUT passes or shutdown is forced, or that no worker is left to take, are
+    /// released together: the expired ones as soon as the queue takes a match again, or when
+    /// the backlog is through (matches of one stream expire within moments of each other).
+    fn drain(&self, backlog: VecDeque<MatchJob>, openmatch: &OpenMatchClient) {
+        let mut expired = Vec::new();
+        let mut orphaned = Vec::new();
+        for job in backlog {
+            let wait = (job.received_at + self.shared.queue_timeout)
+                .saturating_duration_since(Instant::now());
+            if wait.is_zero() || self.shared.shutdown.is_forced() {
+                expired.push(job);
+                continue;
+            }
+            let queued = self.heartbeat.waiting(|| {
+                select! {
+                    send(self.queue, job) -> sent => match sent {
+                        Ok(()) => true,
+                        Err(lost) => {
+                            orphaned.push(lost.into_inner());
+                            false
+                        }
+                    },
+                    recv(self.shared.shutdown.forced_channel()) -> _ => {
+                        expired.push(job);
+                        false
+                    }
+                    default(wait) => {
+                        expired.push(job);
+                        false
+                    }
+                }
+            });
+            if queued {
+                self.shared.metrics.queued();
+                self.release_expired(&mut expired, openmatch);
+            }
+        }
+        self.release_expired(&mut expired, openmatch);
+        if !orphaned.is_empty() {
+            release_and_count(
+                &self.shared,
+                openmatch,
+                &orphaned,
+                "no allocator worker is left to take them",
+            );
+        }
+    }
+
+    /// Releases the matches in `expired` (if any) in one call and counts them.
+    fn release_expired(&self, expired: &mut Vec<MatchJob>, openmatch: &OpenMatchClient) {
+        if expired.is_empty() {
+            return;
+        }
+        let why = if self.shared.shutdown.is_forced() {
+            "shutting down".to_string()
+        } else {
+            format!(
+                "they waited longer than QUEUE_TIMEOUT ({:?}) for an allocator worker",
+                self.shared.queue_timeout
+            )
+        };
+        release_and_count(&self.shared, openmatch, expired, &why);
+        expired.clear();
+    }
+}
+
+/// The ticket ids of a match, first occurrence kept (Open Match rejects duplicates).
+pub fn distinct_ticket_ids(m: &Match) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::with_capacity(m.get_tickets().len());
+    for ticket in m.get_tickets() {
+        if !ids.iter().any(|id| id == ticket.get_id()) {
+            ids.push(ticket.get_id().to_string());
+        }
+    }
+    ids
+}

@@ -1,0 +1,405 @@
+//! The pipeline: one fetcher thread per profile ([`fetcher`]) → its region's bounded queue → that
+//! region's fixed pool of allocator workers ([`worker`]).
+//!
+//! Every match taken off a FetchMatches stream ends in exactly one of three outcomes, counted in
+//! [`Metrics::matches_finished`]: *assigned*, *released* (tickets back in the pool at once), or
+//! *abandoned* (Open Match could not be reached to release them; they return after its
+//! pending-release timeout).
+
+mod fetcher;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use grpcio::{Channel, EnvBuilder, Environment};
+
+use crate::allocator::{self, AllocatorClient};
+use crate::config::{AgonesConfig, Config};
+use crate::health::Health;
+use crate::http::{self, Response};
+use crate::metrics::Metrics;
+use crate::openmatch::{self, OpenMatchClient};
+use crate::profiles::Profile;
+use crate::retry::{retry, RetryPolicy};
+use crate::rotation::{self, Versioned, Watched};
+use crate::shutdown::Shutdown;
+use crate::summary;
+use crate::tls::TlsMaterial;
+pub use fetcher::distinct_ticket_ids;
+use fetcher::Fetcher;
+use worker::{AllocatorClients, Worker};
+
+/// What a forced shutdown grants a last call beyond its deadline, and leaves for the accounting.
+const FINAL_ACCOUNTING_TIME: Duration = Duration::from_millis(500);
+
+/// Slack added to a thread's longest legitimate call chain before it counts as stuck.
+const LIVENESS_MARGIN: Duration = Duration::from_secs(10);
+
+/// A match waiting for a game server, with the profile (and so the region) that produced it.
+#[derive(Debug)]
+pub struct MatchJob {
+    /// The profile whose FetchMatches returned the match.
+    pub profile: Arc<Profile>,
+    /// Open Match's match id.
+    pub match_id: String,
+    /// The match's distinct ticket ids.
+    pub ticket_ids: Vec<String>,
+    /// When the match came off the stream.
+    pub received_at: Instant,
+}
+
+/// How a match ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its tickets got a game server's connection.
+    Assigned,
+    /// Its tickets were returned to the pool.
+    Released,
+    /// Neither assignment nor release reached Open Match.
+    Abandoned,
+}
+
+impl Outcome {
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Assigned => "assigned",
+            Outcome::Released => "released",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// What happened to the matches of this run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Matches with tickets taken off FetchMatches streams.
+    pub received: u64,
+    /// Matches whose tickets were assigned.
+    pub assigned: u64,
+    /// Matches whose tickets were released.
+    pub released: u64,
+    /// Matches left to Open Match's pending-release timeout.
+    pub abandoned: u64,
+    /// Matches without tickets, skipped.
+    pub skipped_empty: u64,
+    /// Tickets AssignTickets reported as not found.
+    pub tickets_not_found: u64,
+    /// Game servers allocated but left without players.
+    pub orphaned_game_servers: u64,
+}
+
+impl Totals {
+    /// The totals when the shutdown bound is reached with calls still running: the matches they
+    /// hold are counted as abandoned (Open Match returns their tickets after its pending-release
+    /// timeout), so that the accounting adds up.
+    pub fn unfinished_abandoned(metrics: &Metrics) -> Totals {
+        let mut totals = Totals::of(metrics);
+        let finished = totals.assigned + totals.released + totals.abandoned;
+        let unfinished = totals.received.saturating_sub(finished);
+        log::error!(
+            "Shutdown bound reached with {unfinished} matches still in Open Match or allocator calls that did not end in time; counted as abandoned (their tickets return after Open Match's pending-release timeout; their ids are in the log lines above)"
+        );
+        totals.abandoned += unfinished;
+        totals
+    }
+
+    /// The totals the metrics hold now.
+    pub fn of(metrics: &Metrics) -> Totals {
+        let finished = |outcome: Outcome| metrics.matches_finished.get(&[outcome.label()]);
+        Totals {
+            received: metrics.matches_fetched.sum(),
+            assigned: finished(Outcome::Assigned),
+            released: finished(Outcome::Released),
+            abandoned: finished(Outcome::Abandoned),
+            skipped_empty: metrics.empty_matches.get(),
+            tickets_not_found: metrics.assignment_failures.get(&["ticket_not_found"]),
+            orphaned_game_servers: metrics.orphaned_game_servers.get(),
+        }
+    }
+}
+
+/// What every pipeline thread shares.
+struct Shared {
+    env: Arc<Environment>,
+    shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    openmatch: Arc<Versioned<OpenMatchClient>>,
+    agones: AgonesConfig,
+    allocate: RetryPolicy,
+    assign: RetryPolicy,
+    /// Longest a match may wait for a worker before it is released instead (QUEUE_TIMEOUT).
+    queue_timeout: Duration,
+    /// Channels to each region's allocator (ALLOCATOR_CONNECTIONS).
+    allocator_connections: usize,
+}
+
+/// Runs the Director until shutdown is requested and the work is drained (or the shutdown
+/// deadline forces an end); returns what happened to every match.
+pub fn run(
+    config: &Config,
+    profiles: Vec<Profile>,
+    shutdown: &Arc<Shutdown>,
+) -> std::io::Result<Totals> {
+    let shared = Arc::new(shared_state(config, shutdown));
+    let regions = regions(config, &shared, &profiles);
+    start_certificate_watch(config, &shared, &regions)?;
+    summary::start(
+        config.timing.interval,
+        Arc::clone(&shared.metrics),
+        Arc::clone(shutdown),
+    )?;
+    if let Some(address) = config.metrics_addr {
+        let bound = http::serve(address, operations_handler(&shared))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {address}: {e}")))?;
+        log::info!("Serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+    let timing = &config.timing;
+    let (alive_tx, alive_rx) = crossbeam_channel::bounded::<()>(0);
+    let mut threads = Vec::new();
+    for profile in profiles {
+        let name = format!("fetch-{}", profile.name);
+        let fetcher = Fetcher {
+            heartbeat: shared
+                .health
+                .register(&name, timing.fetch_timeout + LIVENESS_MARGIN),
+            queue: regions[&profile.region].queue.0.clone(),
+            profile: Arc::new(profile),
+            shared: Arc::clone(&shared),
+            interval: timing.interval,
+            fetch_timeout: timing.fetch_timeout,
+        };
+        threads.push(spawn(name, alive_tx.clone(), move || fetcher.run())?);
+    }
+    let worker_limit = timing.allocate_retry_budget
+        + timing.allocate_timeout
+        + 2 * (timing.assign_retry_budget + timing.assign_timeout)
+        + LIVENESS_MARGIN;
+    for (name, region) in regions {
+        for index in 0..config.allocator_threads {
+            let thread = format!("alloc-{name}-{index}");
+            let worker = Worker::new(
+                index,
+                Arc::clone(&region.clients),
+                Arc::clone(&shared),
+                shared.health.register(&thread, worker_limit),
+            );
+            let queue = region.queue.1.clone();
+            threads.push(spawn(thread, alive_tx.clone(), move || worker.run(queue))?);
+        }
+    }
+    drop(alive_tx);
+
+    shutdown.wait_requested();
+    shared.health.stopping();
+    let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
+    if alive_rx.recv_deadline(deadline) == Err(RecvTimeoutError::Timeout) {
+        log::warn!("Shutdown timeout reached: cancelling fetches and releasing queued matches");
+        shutdown.force();
+    }
+    // Forced: every call still running ends within one ASSIGN_TIMEOUT (releases are not retried);
+    // past that, whatever Open Match or the allocator does, the Director stops waiting.
+    let last_call_ends = Instant::now() + timing.assign_timeout + FINAL_ACCOUNTING_TIME;
+    if alive_rx.recv_deadline(last_call_ends) == Err(RecvTimeoutError::Timeout) {
+        return Ok(Totals::unfinished_abandoned(&shared.metrics));
+    }
+    for thread in threads {
+        if thread.join().is_err() {
+            log::error!("A pipeline thread ended with a panic");
+        }
+    }
+    Ok(Totals::of(&shared.metrics))
+}
+
+/// One region's side of the pipeline: the queue its profiles' fetchers fill and its own workers
+/// drain, and the allocator channels those workers share. A region whose allocator hangs holds
+/// only its own workers, and backpressure stops only its own fetchers.
+struct Region {
+    queue: (Sender<MatchJob>, Receiver<MatchJob>),
+    clients: Arc<Versioned<AllocatorClients>>,
+}
+
+/// Every region of the profiles, by name.
+fn regions(config: &Config, shared: &Shared, profiles: &[Profile]) -> BTreeMap<String, Region> {
+    let mut regions = BTreeMap::new();
+    for profile in profiles {
+        regions.entry(profile.region.clone()).or_insert_with(|| {
+            let clients = allocator_clients(shared, &profile.region, &config.agones.tls);
+            Region {
+                queue: crossbeam_channel::bounded(config.queue_capacity),
+                clients: Arc::new(Versioned::new(clients)),
+            }
+        });
+    }
+    regions
+}
+
+/// The long-lived channels to `region`'s allocator (ALLOCATOR_CONNECTIONS of them, each its own
+/// TLS connection carrying many concurrent calls), registered for readiness.
+fn allocator_clients(shared: &Shared, region: &str, material: &TlsMaterial) -> AllocatorClients {
+    let channels: Vec<Channel> = (0..shared.allocator_connections)
+        .map(|_| allocator::connect(Arc::clone(&shared.env), &shared.agones, material))
+        .collect();
+    shared.health.allocator_channels(region, channels.clone());
+    channels.into_iter().map(AllocatorClient::new).collect()
+}
+
+fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
+    let env = Arc::new(EnvBuilder::new().name_prefix("grpc").cq_count(2).build());
+    let openmatch = OpenMatchClient::new(
+        openmatch::connect(
+            Arc::clone(&env),
+            &config.openmatch.backend,
+            config.openmatch.tls.as_ref(),
+        ),
+        &config.openmatch.match_function,
+    );
+    let timing = &config.timing;
+    Shared {
+        env,
+        shutdown: Arc::clone(shutdown),
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(Health::new()),
+        openmatch: Arc::new(Versioned::new(openmatch)),
+        agones: config.agones.clone(),
+        allocate: RetryPolicy {
+            attempt_timeout: timing.allocate_timeout,
+            budget: timing.allocate_retry_budget,
+            retryable: allocator::is_retryable,
+        },
+        assign: RetryPolicy {
+            attempt_timeout: timing.assign_timeout,
+            budget: timing.assign_retry_budget,
+            retryable: openmatch::is_retryable,
+        },
+        queue_timeout: timing.queue_timeout,
+        allocator_connections: config.allocator_connections,
+    }
+}
+
+/// Records certificate expiry and starts the watcher that reloads changed certificates: new
+/// Agones material gets every region new allocator channels, which workers take up from their
+/// next match.
+fn start_certificate_watch(
+    config: &Config,
+    shared: &Arc<Shared>,
+    regions: &BTreeMap<String, Region>,
+) -> std::io::Result<()> {
+    rotation::record_expiry(&config.agones.tls, &shared.metrics);
+    let renew: Vec<(String, Arc<Versioned<AllocatorClients>>)> = regions
+        .iter()
+        .map(|(name, region)| (name.clone(), Arc::clone(&region.clients)))
+        .collect();
+    let agones_shared = Arc::clone(shared);
+    let mut watched = vec![Watched::new(
+        "agones",
+        &config.agones.tls,
+        move |material| {
+            for (region, clients) in &renew {
+                clients.replace(allocator_clients(&agones_shared, region, &material));
+            }
+            log::info!("New allocator channels with the new Agones client certificate");
+        },
+    )];
+    if let Some(material) = &config.openmatch.tls {
+        rotation::record_expiry(material, &shared.metrics);
+        let (env, clients) = (Arc::clone(&shared.env), Arc::clone(&shared.openmatch));
+        let (backend, function) = (
+            config.openmatch.backend.clone(),
+            config.openmatch.match_function.clone(),
+        );
+        watched.push(Watched::new("openmatch", material, move |material| {
+            let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
+            clients.replace(OpenMatchClient::new(channel, &function));
+        }));
+    }
+    rotation::watch(
+        watched,
+        config.cert_reload_interval,
+        Arc::clone(&shared.metrics),
+        Arc::clone(&shared.shutdown),
+    )
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz`.
+fn operations_handler(shared: &Arc<Shared>) -> Arc<http::Handler> {
+    let shared = Arc::clone(shared);
+    let probe = |result: Result<String, String>| match result {
+        Ok(body) => Response::text(200, body),
+        Err(body) => Response::text(503, body),
+    };
+    Arc::new(move |path: &str| match path {
+        "/metrics" => Response::metrics(shared.metrics.render()),
+        "/healthz" => probe(shared.health.liveness()),
+        "/readyz" => probe(shared.health.readiness()),
+        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n".into()),
+    })
+}
+
+/// Spawns a named thread that holds `alive` until it ends.
+fn spawn(
+    name: String,
+    alive: Sender<()>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name).spawn(move || {
+        let _alive = alive;
+        body();
+    })
+}
+
+/// [`release_matches`] within the usual budget, each match counted under the outcome.
+fn release_and_count(shared: &Shared, openmatch: &OpenMatchClient, jobs: &[MatchJob], why: &str) {
+    let outcome = release_matches(shared, openmatch, jobs, shared.assign.budget, why);
+    shared
+        .metrics
+        .matches_finished
+        .add(&[outcome.label()], jobs.len() as u64);
+}
+
+/// Returns the tickets of `jobs` to the pool in one ReleaseTickets call, retrying transient
+/// failures within `budget`. The outcome is each match's: released, or abandoned to Open Match's
+/// pending-release timeout when Open Match cannot be reached. Logs the match ids and `why`.
+fn release_matches(
+    shared: &Shared,
+    openmatch: &OpenMatchClient,
+    jobs: &[MatchJob],
+    budget: Duration,
+    why: &str,
+) -> Outcome {
+    let ticket_ids: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| j.ticket_ids.iter().cloned())
+        .collect();
+    let match_ids: Vec<&str> = jobs.iter().map(|j| j.match_id.as_str()).collect();
+    let policy = RetryPolicy {
+        budget,
+        ..shared.assign
+    };
+    match retry(
+        policy,
+        &shared.shutdown,
+        |timeout| openmatch.release(&ticket_ids, timeout),
+        |_, _| {},
+    ) {
+        Ok(()) => {
+            shared.metrics.tickets_released.add(ticket_ids.len() as u64);
+            log::warn!(
+                "Released {} tickets of match(es) {match_ids:?} back to the pool: {why}",
+                ticket_ids.len()
+            );
+            Outcome::Released
+        }
+        Err(error) => {
+            log::error!(
+                "ReleaseTickets for match(es) {match_ids:?} ({why}) failed: {error}; tickets {ticket_ids:?} wait for Open Match's pending-release timeout",
+            );
+            Outcome::Abandoned
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! A worker: takes its region's matches off the queue one at a time and allocates a game server
+//! for each (retrying within the budget), then assigns its tickets, or releases them.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use grpcio::RpcStatusCode;
+
+use super::{release_and_count, release_matches, MatchJob, Outcome, Shared};
+use crate::allocator::{self, AllocatorClient, GameServer};
+use crate::health::Heartbeat;
+use crate::openmatch::OpenMatchClient;
+use crate::proto::allocation::{AllocationRequest, AllocationResponse};
+use crate::proto::backend::AssignmentFailure_Cause;
+use crate::retry::retry;
+use crate::rotation::Versioned;
+use crate::rpc::{code_name, RpcError};
+
+/// The clients of one region's allocator channels, shared by its workers.
+pub(super) type AllocatorClients = Vec<AllocatorClient>;
+
+/// One allocator worker of a region: it takes the region's matches one at a time, on one of the
+/// region's shared allocator channels (the current ones, after a certificate change), with the
+/// shared Open Match client.
+pub(super) struct Worker {
+    index: usize,
+    clients: Arc<Versioned<AllocatorClients>>,
+    shared: Arc<Shared>,
+    heartbeat: Arc<Heartbeat>,
+    openmatch_generation: u64,
+    openmatch: Arc<OpenMatchClient>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        index: usize,
+        clients: Arc<Versioned<AllocatorClients>>,
+        shared: Arc<Shared>,
+        heartbeat: Arc<Heartbeat>,
+    ) -> Worker {
+        let (openmatch_generation, openmatch) = shared.openmatch.current();
+        Worker {
+            index,
+            clients,
+            shared,
+            heartbeat,
+            openmatch_generation,
+            openmatch,
+        }
+    }
+
+    pub(super) fn run(mut self, queue: Receiver<MatchJob>) {
+        while let Ok(job) = self.heartbeat.waiting(|| queue.recv()) {
+            self.shared.metrics.dequeued();
+            self.refresh_clients();
+            if self.shared.shutdown.is_forced() {
+                self.release_queued(job, &queue);
+                continue;
+            }
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
+                    log::error!(
+                        "Bug: a worker panicked while handling match {}; releasing its tickets",
+                        job.match_id
+                    );
+                    self.release(&job, self.shared.assign.budget, "the worker panicked")
+                });
+            self.shared.metrics.matches_finished.inc(&[outcome.label()]);
+            self.heartbeat.progress();
+        }
+        self.heartbeat.exited();
+    }
+
+    /// After the shutdown deadline: `job` and every match still queued go back to the pool in
+    /// one ReleaseTickets call.
+    fn release_queued(&self, job: MatchJob, queue: &Receiver<MatchJob>) {
+        let mut jobs = vec![job];
+        for queued in queue.try_iter() {
+            self.shared.metrics.dequeued();
+            jobs.push(queued);
+        }
+        release_and_count(&self.shared, &self.openmatch, &jobs, "shutting down");
+    }
+
+    /// Between two matches: switches to a new Open Match client if there is one.
+    fn refresh_clients(&mut self) {
+        if self.shared.openmatch.generation() != self.openmatch_generation {
+            (self.openmatch_generation, self.openmatch) = self.shared.openmatch.current();
+        }
+    }
+
+    fn handle(&self, job: &MatchJob) -> Outcome {
+        let budget = self.shared.assign.budget;
+        if job.received_at.elapsed() > self.shared.queue_timeout {
+            let why = format!(
+                "it waited longer than QUEUE_TIMEOUT ({:?}) for an allocator worker",
+                self.shared.queue_timeout
+            );
+            return self.release(job, budget, &why);
+        }
+        match self.allocate(job) {
+            Some(server) => self.assign(job, &server),
+            None => self.release(job, budget, "no usable game server was allocated"),
+        }
+    }
+
+    /// One Allocate attempt, measured.
+    fn allocate_once(
+        &self,
+        job: &MatchJob,
+        request: &AllocationRequest,
+        timeout: Duration,
+    ) -> Result<AllocationResponse, RpcError> {
+        let started = Instant::now();
+        let (_, clients) = self.clients.current();
+        let client = &clients[self.index % clients.len()];
+        let result = client.allocate(request, timeout, &self.shared.shutdown);
+        let metrics = &self.shared.metrics;
+        metrics.allocation_duration.observe(started.elapsed());
+        let label = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(error) => code_name(error.code),
+        };
+        metrics
+            .allocations
+            .inc(&[job.profile.region.as_str(), &label]);
+        result
+    }
+
+    /// Allocates a game server in the match's region, or says why not (and returns `None`).
+    fn allocate(&self, job: &MatchJob) -> Option<GameServer> {
+        let request = allocator::allocation_request(
+            &self.shared.agones,
+            &job.profile.region,
+            &job.profile.name,
+            &job.match_id,
+        );
+        let response = retry(
+            self.shared.allocate,
+            &self.shared.shutdown,
+            |timeout| self.allocate_once(job, &request, timeout),
+            |error, pause| {
+                log::debug!(
+                    "Allocate for match {} (region {}) failed: {error}; retrying in {}ms",
+                    job.match_id,
+                    job.profile.region,
+                    pause.as_millis()
+                )
+            },
+        );
+        let response = match response {
+            Ok(response) => response,
+            Err(error)
+                if error.code == RpcStatusCode::CANCELLED && self.shared.shutdown.is_forced() =>
+            {
+                self.shared.metrics.orphaned_game_servers.add(1);
+                log::error!(
+                    "Allocate for match {} (region {}) was cancelled by the shutdown; a game server may have been allocated for it anyway and is counted as orphaned: look for the annotation {}={}",
+                    job.match_id,
+                    job.profile.region,
+                    allocator::MATCH_ID_ANNOTATION,
+                    job.match_id
+                );
+                return None;
+            }
+            Err(error) => {
+                log::warn!(
+                    "Allocate for match {} (region {}) failed: {error}; releasing its {} tickets",
+                    job.match_id,
+                    job.profile.region,
+                    job.ticket_ids.len()
+                );
+                return None;
+            }
+        };
+        match allocator::game_server(&response, &self.shared.agones.port_name) {
+            Ok(server) => Some(server),
+            Err(unusable) => {
+                self.shared.metrics.orphaned_game_servers.add(1);
+                log::error!(
+                    "Game server {} allocated for match {} is unusable ({}); it stays Allocated with no players until someone deletes it; releasing the match's tickets",
+                    unusable.name,
+                    job.match_id,
+                    unusable.reason
+                );
+                None
+            }
+        }
+    }
+
+    fn assign(&self, job: &MatchJob, server: &GameServer) -> Outcome {
+        let result = retry(
+            self.shared.assign,
+            &self.shared.shutdown,
+            |timeout| {
+                self.openmatch
+                    .assign(&job.ticket_ids, &server.connection, timeout)
+            },
+            |error, pause| {
+                log::debug!(
+                    "AssignTickets for match {} failed: {error}; retrying in {}ms",
+                    job.match_id,
+                    pause.as_millis()
+                )
+            },
+        );
+        match result {
+            Ok(failures) => {
+                let metrics = &self.shared.metrics;
+                for failure in &failures {
+                    let cause = match failure.get_cause() {
+                        AssignmentFailure_Cause::TICKET_NOT_FOUND => "ticket_not_found",
+                        AssignmentFailure_Cause::UNKNOWN => "unknown",
+                    };
+                    metrics.assignment_failures.inc(&[cause]);
+                    log::warn!(
+                        "AssignTickets: ticket {} of match {} was not assigned: {:?}",
+                        failure.get_ticket_id(),
+                        job.match_id,
+                        failure.get_cause()
+                    );
+                }
+                let assigned = job.ticket_ids.len() - failures.len().min(job.ticket_ids.len());
+                metrics.tickets_assigned.add(assigned as u64);
+                metrics
+                    .match_to_assignment
+                    .observe(job.received_at.elapsed());
+                log::info!(
+                    "Assigned server {} (gameserver {}) to match {} ({assigned} tickets)",
+                    server.connection,
+                    server.name,
+                    job.match_id,
+                );
+                Outcome::Assigned
+            }
+            Err(error) => {
+                self.shared.metrics.orphaned_game_servers.add(1);
+                self.shared.metrics.assignment_failures.inc(&["rpc_error"]);
+                log::error!(
+                    "AssignTickets for match {} failed: {error}; game server {} ({}) is orphaned: allocated, no players will come; tickets {:?}",
+                    job.match_id,
+                    server.name,
+                    server.connection,
+                    job.ticket_ids
+                );
+                self.release(job, Duration::ZERO, "AssignTickets failed")
+            }
+        }
+    }
+
+    /// Releases the match's tickets, retrying transient failures within `budget`.
+    fn release(&self, job: &MatchJob, budget: Duration, why: &str) -> Outcome {
+        release_matches(
+            &self.shared,
+            &self.openmatch,
+            std::slice::from_ref(job),
+            budget,
+            why,
+        )
+    }
+}
