@@ -127,6 +127,8 @@ pub struct Config {
     pub allocator_threads: usize,
     /// Channels (TLS connections) to each region's allocator, shared by its workers.
     pub allocator_connections: usize,
+    /// Allocate attempts per second and region; `None`: no limit.
+    pub allocate_rate_limit: Option<f64>,
     /// Bound of the match queue between fetchers and workers.
     pub queue_capacity: usize,
     /// How often the certificate files are checked for changes.
@@ -240,6 +242,7 @@ impl Config {
         let timing = read_timing(&mut r);
         let allocator_threads = r.parsed("ALLOCATOR_THREADS", "32", |s| count(s, 1, 1024));
         let allocator_connections = r.parsed("ALLOCATOR_CONNECTIONS", "2", |s| count(s, 1, 64));
+        let allocate_rate_limit = read_rate_limit(&mut r);
         let queue_capacity = r.parsed("QUEUE_CAPACITY", "64", |s| count(s, 1, 1_000_000));
         let metrics_addr = read_metrics_addr(&mut r);
         let cert_reload_interval = r.parsed("CERT_RELOAD_INTERVAL", "10s", |s| {
@@ -255,6 +258,7 @@ impl Config {
             timing: timing.expect("no problems recorded"),
             allocator_threads: allocator_threads.expect("no problems recorded"),
             allocator_connections: allocator_connections.expect("no problems recorded"),
+            allocate_rate_limit: allocate_rate_limit.expect("no problems recorded"),
             queue_capacity: queue_capacity.expect("no problems recorded"),
             metrics_addr: metrics_addr.expect("no problems recorded"),
             cert_reload_interval: cert_reload_interval.expect("no problems recorded"),
@@ -390,6 +394,23 @@ fn load_tls(
         ca: ca.ok()?,
         identity: identity.ok()?,
     })
+}
+
+/// `ALLOCATE_RATE_LIMIT` (optional): Allocate attempts per second and region, 0.1 to 100000.
+fn read_rate_limit(r: &mut Reader) -> Option<Option<f64>> {
+    let Some(text) = r.optional("ALLOCATE_RATE_LIMIT") else {
+        return Some(None);
+    };
+    match text.parse::<f64>() {
+        Ok(rate) if (0.1..=100_000.0).contains(&rate) => Some(Some(rate)),
+        _ => {
+            r.problem(
+                "ALLOCATE_RATE_LIMIT",
+                &format!("must be a number of allocations per second from 0.1 to 100000 (got {text:?}); unset means no limit"),
+            );
+            None
+        }
+    }
 }
 
 /// `METRICS_ADDR`: `host:port` to listen on; set but empty disables the listener.
@@ -661,6 +682,7 @@ mod tests {
         );
         assert_eq!(config.allocator_threads, 32);
         assert_eq!(config.allocator_connections, 2);
+        assert_eq!(config.allocate_rate_limit, None);
         assert_eq!(config.queue_capacity, 64);
         assert_eq!(config.metrics_addr, Some("0.0.0.0:8080".parse().unwrap()));
         assert_eq!(config.cert_reload_interval, s(10));
@@ -901,6 +923,7 @@ mod tests {
         "QUEUE_TIMEOUT",
         "ALLOCATOR_THREADS",
         "ALLOCATOR_CONNECTIONS",
+        "ALLOCATE_RATE_LIMIT",
         "QUEUE_CAPACITY",
         "METRICS_ADDR",
         "CERT_RELOAD_INTERVAL",

@@ -17,6 +17,7 @@ pub mod openmatch;
 pub mod pipeline;
 pub mod profiles;
 pub mod proto;
+pub mod ratelimit;
 pub mod retry;
 pub mod rotation;
 pub mod rpc;

@@ -181,6 +181,8 @@ pub struct Metrics {
     pub allocations: CounterVec,
     /// Duration of Allocate attempts.
     pub allocation_duration: Histogram,
+    /// Allocate attempts that waited for ALLOCATE_RATE_LIMIT, by region.
+    pub allocate_throttled: CounterVec,
     /// How matches ended, by outcome (`assigned`, `released`, `abandoned`).
     pub matches_finished: CounterVec,
     /// Tickets that got an assignment.
@@ -234,6 +236,11 @@ impl Metrics {
             allocation_duration: Histogram::new(
                 "director_allocation_duration_seconds",
                 "Duration of Agones Allocate attempts.",
+            ),
+            allocate_throttled: CounterVec::new(
+                "director_allocate_throttled_total",
+                "Allocate attempts that waited for their turn under ALLOCATE_RATE_LIMIT.",
+                &["region"],
             ),
             matches_finished: CounterVec::new(
                 "director_matches_total",
@@ -313,6 +320,7 @@ impl Metrics {
         self.fetch_errors.render(&mut out, "counter");
         self.allocations.render(&mut out, "counter");
         self.allocation_duration.render(&mut out);
+        self.allocate_throttled.render(&mut out, "counter");
         self.matches_finished.render(&mut out, "counter");
         self.tickets_assigned.render(&mut out);
         self.tickets_released.render(&mut out);

@@ -129,6 +129,8 @@ pub struct AgonesState {
     pub script: VecDeque<Reply>,
     /// Regions whose every call fails with the given code.
     pub failing_regions: HashMap<String, RpcStatusCode>,
+    /// Regions whose every call answers only after the given time (a hung allocator).
+    pub hanging_regions: HashMap<String, Duration>,
     /// A finite fleet (RESOURCE_EXHAUSTED when no game server is Ready); `None`: unlimited.
     pub fleet: Option<Fleet>,
     /// Time every answer takes.
@@ -320,9 +322,13 @@ impl Allocator {
             .first()
             .and_then(|s| s.get_matchLabels().values().next().cloned())
             .unwrap_or_default();
-        let mut reply = match state.failing_regions.get(&region) {
-            Some(code) => Reply::Fail(*code),
-            None => state.script.pop_front().unwrap_or(Reply::Allocate),
+        let mut reply = match (
+            state.failing_regions.get(&region),
+            state.hanging_regions.get(&region),
+        ) {
+            (Some(code), _) => Reply::Fail(*code),
+            (None, Some(delay)) => Reply::Hang(*delay),
+            (None, None) => state.script.pop_front().unwrap_or(Reply::Allocate),
         };
         if reply == Reply::Allocate && state.error_rate > 0.0 && state.chance() < state.error_rate {
             reply = Reply::Fail(RpcStatusCode::UNAVAILABLE);

@@ -24,6 +24,7 @@ use crate::http::{self, Response};
 use crate::metrics::Metrics;
 use crate::openmatch::{self, OpenMatchClient};
 use crate::profiles::Profile;
+use crate::ratelimit::RateLimit;
 use crate::retry::{retry, RetryPolicy};
 use crate::rotation::{self, Versioned, Watched};
 use crate::shutdown::Shutdown;
@@ -186,6 +187,7 @@ pub fn run(
             let worker = Worker::new(
                 index,
                 Arc::clone(&region.clients),
+                region.rate_limit.clone(),
                 Arc::clone(&shared),
                 shared.health.register(&thread, worker_limit),
             );
@@ -222,6 +224,8 @@ pub fn run(
 struct Region {
     queue: (Sender<MatchJob>, Receiver<MatchJob>),
     clients: Arc<Versioned<AllocatorClients>>,
+    /// ALLOCATE_RATE_LIMIT, shared by the region's workers.
+    rate_limit: Option<Arc<RateLimit>>,
 }
 
 /// Every region of the profiles, by name.
@@ -233,6 +237,9 @@ fn regions(config: &Config, shared: &Shared, profiles: &[Profile]) -> BTreeMap<S
             Region {
                 queue: crossbeam_channel::bounded(config.queue_capacity),
                 clients: Arc::new(Versioned::new(clients)),
+                rate_limit: config
+                    .allocate_rate_limit
+                    .map(|rate| Arc::new(RateLimit::new(rate))),
             }
         });
     }

@@ -14,6 +14,7 @@ use crate::health::Heartbeat;
 use crate::openmatch::OpenMatchClient;
 use crate::proto::allocation::{AllocationRequest, AllocationResponse};
 use crate::proto::backend::AssignmentFailure_Cause;
+use crate::ratelimit::{RateLimit, Turn};
 use crate::retry::retry;
 use crate::rotation::Versioned;
 use crate::rpc::{code_name, RpcError};
@@ -27,6 +28,7 @@ pub(super) type AllocatorClients = Vec<AllocatorClient>;
 pub(super) struct Worker {
     index: usize,
     clients: Arc<Versioned<AllocatorClients>>,
+    rate_limit: Option<Arc<RateLimit>>,
     shared: Arc<Shared>,
     heartbeat: Arc<Heartbeat>,
     openmatch_generation: u64,
@@ -37,6 +39,7 @@ impl Worker {
     pub(super) fn new(
         index: usize,
         clients: Arc<Versioned<AllocatorClients>>,
+        rate_limit: Option<Arc<RateLimit>>,
         shared: Arc<Shared>,
         heartbeat: Arc<Heartbeat>,
     ) -> Worker {
@@ -44,6 +47,7 @@ impl Worker {
         Worker {
             index,
             clients,
+            rate_limit,
             shared,
             heartbeat,
             openmatch_generation,
@@ -113,6 +117,7 @@ impl Worker {
         request: &AllocationRequest,
         timeout: Duration,
     ) -> Result<AllocationResponse, RpcError> {
+        self.wait_for_turn(job)?;
         let started = Instant::now();
         let (_, clients) = self.clients.current();
         let client = &clients[self.index % clients.len()];
@@ -127,6 +132,26 @@ impl Worker {
             .allocations
             .inc(&[job.profile.region.as_str(), &label]);
         result
+    }
+
+    /// Under ALLOCATE_RATE_LIMIT, waits for this attempt's turn (counted when it had to wait);
+    /// an error, without a call, when shutdown is forced meanwhile.
+    fn wait_for_turn(&self, job: &MatchJob) -> Result<(), RpcError> {
+        let Some(limit) = &self.rate_limit else {
+            return Ok(());
+        };
+        match limit.acquire(&self.shared.shutdown) {
+            Turn::AtOnce => Ok(()),
+            Turn::AfterWaiting => {
+                let region = job.profile.region.as_str();
+                self.shared.metrics.allocate_throttled.inc(&[region]);
+                Ok(())
+            }
+            Turn::Cancelled => Err(RpcError::new(
+                RpcStatusCode::UNAVAILABLE,
+                "not sent: shutdown forced while waiting for ALLOCATE_RATE_LIMIT",
+            )),
+        }
     }
 
     /// Allocates a game server in the match's region, or says why not (and returns `None`).

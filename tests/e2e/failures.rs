@@ -542,3 +542,40 @@ fn retries_are_summarized_per_region_instead_of_logged_one_by_one() {
         "every failed attempt is in a summary"
     );
 }
+
+/// Issue 10: a region whose allocator hangs holds only its own workers. The other region's
+/// matches are all assigned before the hung region's first match even runs out of its retry
+/// budget; the hung region's matches are then released, and nothing is lost.
+#[test]
+fn a_hung_region_does_not_delay_the_other_region() {
+    let mut world = World::new();
+    world.env.set("ALLOCATOR_THREADS", "2");
+    world.env.set("ALLOCATE_TIMEOUT", "1s");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "4s");
+    world
+        .allocator
+        .state()
+        .hanging_regions
+        .insert("us-east-1".into(), Duration::from_secs(60));
+    let hung = world.players("us-east-1", 4 * 4);
+    let director = world.env.start();
+    wait_until(WAIT, "both us-east-1 workers stuck in Allocate", || {
+        world.allocator.state().calls >= 2
+    });
+    let healthy = world.players("us-east-2", 4 * 8);
+    wait_until(WAIT, "us-east-2 assigned while us-east-1 hangs", || {
+        world.all_assigned(&healthy)
+    });
+    assert!(
+        world.om.state().releases.is_empty(),
+        "us-east-2 did not wait for us-east-1's retry budget"
+    );
+    wait_until(
+        WAIT,
+        "us-east-1's matches released after their budget",
+        || world.all_released(&hung),
+    );
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.assigned, 8);
+    assert_eq!(accounting.abandoned, 0);
+}

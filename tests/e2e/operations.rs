@@ -388,3 +388,33 @@ fn abusive_http_clients_affect_neither_matchmaking_nor_probes() {
     drop(hostile);
     stop(director);
 }
+
+#[test]
+fn allocate_rate_limit_paces_attempts_and_counts_the_ones_that_waited() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("ALLOCATE_RATE_LIMIT", "2");
+    let tickets = world
+        .om
+        .add_players(&["us-east-1"], "us-east-1", 10.0, 8 * 4);
+    let director = world.env.start();
+    let address = operations_address(&director);
+    wait_until(WAIT, "every ticket assigned", || {
+        world.all_assigned(&tickets)
+    });
+    assert_eq!(
+        world.allocator.state().calls,
+        8,
+        "throttled matches wait for their turn: no failed attempt, no retry"
+    );
+    let metrics = get(address, "/metrics").1;
+    assert_eq!(
+        sample(
+            &metrics,
+            "director_allocate_throttled_total{region=\"us-east-1\"}"
+        ),
+        6.0,
+        "a burst of 2 (one second's worth) went at once, the other 6 waited"
+    );
+    stop(director);
+}

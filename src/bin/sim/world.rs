@@ -21,6 +21,8 @@ pub struct WorldConfig {
     pub outage: Option<String>,
     /// ALLOCATOR_THREADS; `None`: the Director's default.
     pub allocator_threads: Option<usize>,
+    /// ALLOCATE_RATE_LIMIT; `None`: no limit.
+    pub allocate_rate_limit: Option<f64>,
     pub interval: Duration,
     pub pending_release_timeout: Duration,
 }
@@ -36,6 +38,7 @@ impl Default for WorldConfig {
             error_rate: 0.0,
             outage: None,
             allocator_threads: None,
+            allocate_rate_limit: None,
             interval: Duration::from_millis(250),
             pending_release_timeout: Duration::from_secs(60),
         }
@@ -164,6 +167,9 @@ impl World {
             .stderr(Stdio::piped());
         if let Some(threads) = c.allocator_threads {
             command.env("ALLOCATOR_THREADS", threads.to_string());
+        }
+        if let Some(rate) = c.allocate_rate_limit {
+            command.env("ALLOCATE_RATE_LIMIT", rate.to_string());
         }
         let child = command
             .spawn()
