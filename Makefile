@@ -1,7 +1,7 @@
 # agones-openmatch-director — build, test, ship.
-# Tests, demo, bench and `make build` share the release profile (thin LTO); only the static musl
-# binary uses the dist profile (fat LTO). The gRPC C core (grpcio-sys) takes ~10 minutes per profile
-# and target, so it is built once for each. Set CARGO_TARGET_DIR to keep builds outside the checkout.
+# Everything builds in the release profile: the gRPC C core (grpcio-sys) takes ~10 minutes per
+# profile and target, so tests and the binary share one build. Set CARGO_TARGET_DIR to keep builds
+# outside the checkout.
 
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -17,7 +17,7 @@ export PATH := $(TOOLS_DIR)/cmake/cmake/data/bin:$(PATH)
 MUSL_TARGET := x86_64-unknown-linux-musl
 CARGO_ZIGBUILD_VERSION := 0.24.1
 ZIGLANG_VERSION := 0.14.1
-STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/dist/director
+STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/release/director
 # -D_LARGEFILE64_SOURCE: abseil (gRPC 1.56) uses off64_t, which musl >= 1.2.4 only declares with it.
 export CFLAGS_x86_64_unknown_linux_musl := -D_LARGEFILE64_SOURCE
 # -Wno-missing-template-arg-list-after-template-kw: clang >= 19 rejects a construct in gRPC 1.56.
@@ -96,9 +96,9 @@ check-static-deps:
 	python3 -m ziglang version >/dev/null 2>&1 || missing="$$missing ziglang==$(ZIGLANG_VERSION)"; \
 	if [ -n "$$missing" ]; then echo "make static needs:$$missing — run 'make deps' to install them" >&2; exit 1; fi
 
-## static: the fully static, stripped musl binary (profile dist: fat LTO), copied to dist/director
+## static: the fully static, stripped musl binary, copied to dist/director
 static: tools check-static-deps
-	$(CARGO) zigbuild --profile dist --locked --target $(MUSL_TARGET) --bin director
+	$(CARGO) zigbuild --release --locked --target $(MUSL_TARGET) --bin director
 	mkdir -p dist
 	cp $(STATIC_BIN) dist/director
 	file dist/director | grep -q 'statically linked' || { file dist/director; echo "dist/director is not static" >&2; exit 1; }
