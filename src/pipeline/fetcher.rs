@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Sender};
 use grpcio::RpcStatusCode;
 
-use super::{release_and_count, MatchJob, Shared};
+use super::{release_and_count, waited_past_queue_timeout, MatchJob, Shared};
 use crate::health::Heartbeat;
 use crate::openmatch::{FetchOutcome, OpenMatchClient};
 use crate::profiles::Profile;
@@ -167,8 +167,7 @@ impl Fetcher {
         let mut expired = Vec::new();
         let mut orphaned = Vec::new();
         for job in backlog {
-            let wait = (job.received_at + self.shared.queue_timeout)
-                .saturating_duration_since(Instant::now());
+            let wait = job.queue_time_left(self.shared.queue_timeout);
             if wait.is_zero() || self.shared.shutdown.is_forced() {
                 expired.push(job);
                 continue;
@@ -217,8 +216,8 @@ impl Fetcher {
             "shutting down".to_string()
         } else {
             format!(
-                "they waited longer than QUEUE_TIMEOUT ({:?}) for an allocator worker",
-                self.shared.queue_timeout
+                "they {}",
+                waited_past_queue_timeout(self.shared.queue_timeout)
             )
         };
         release_and_count(&self.shared, openmatch, expired, &why);

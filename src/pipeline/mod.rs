@@ -53,6 +53,19 @@ pub struct MatchJob {
     pub received_at: Instant,
 }
 
+impl MatchJob {
+    /// How much longer the match may wait for a worker before QUEUE_TIMEOUT releases it (zero
+    /// once it has waited that long).
+    fn queue_time_left(&self, queue_timeout: Duration) -> Duration {
+        (self.received_at + queue_timeout).saturating_duration_since(Instant::now())
+    }
+}
+
+/// Why matches that waited past QUEUE_TIMEOUT are released, for the log.
+fn waited_past_queue_timeout(queue_timeout: Duration) -> String {
+    format!("waited longer than QUEUE_TIMEOUT ({queue_timeout:?}) for an allocator worker")
+}
+
 /// How a match ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use grpcio::RpcStatusCode;
 
-use super::{release_and_count, release_matches, MatchJob, Outcome, Shared};
+use super::{
+    release_and_count, release_matches, waited_past_queue_timeout, MatchJob, Outcome, Shared,
+};
 use crate::allocator::{self, AllocatorClient, GameServer};
 use crate::health::Heartbeat;
 use crate::openmatch::OpenMatchClient;
@@ -97,10 +99,10 @@ impl Worker {
 
     fn handle(&self, job: &MatchJob) -> Outcome {
         let budget = self.shared.assign.budget;
-        if job.received_at.elapsed() > self.shared.queue_timeout {
+        if job.queue_time_left(self.shared.queue_timeout).is_zero() {
             let why = format!(
-                "it waited longer than QUEUE_TIMEOUT ({:?}) for an allocator worker",
-                self.shared.queue_timeout
+                "it {}",
+                waited_past_queue_timeout(self.shared.queue_timeout)
             );
             return self.release(job, budget, &why);
         }
