@@ -17,7 +17,7 @@ export PATH := $(TOOLS_DIR)/cmake/cmake/data/bin:$(PATH)
 MUSL_TARGET := x86_64-unknown-linux-musl
 CARGO_ZIGBUILD_VERSION := 0.24.1
 ZIGLANG_VERSION := 0.14.1
-STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/release/director
+STATIC_BIN := $(TARGET_DIR)/$(MUSL_TARGET)/dist/director
 # -D_LARGEFILE64_SOURCE: abseil (gRPC 1.56) uses off64_t, which musl >= 1.2.4 only declares with it.
 export CFLAGS_x86_64_unknown_linux_musl := -D_LARGEFILE64_SOURCE
 # -Wno-missing-template-arg-list-after-template-kw: clang >= 19 rejects a construct in gRPC 1.56.
@@ -29,7 +29,7 @@ IMAGE ?= agones-openmatch-director
 TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 IMAGE_REF := $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE):$(TAG)
 
-.PHONY: all tools build test fuzz lint fmt demo bench deps check-static-deps static image push deploy image-test validate clean
+.PHONY: all tools build test fuzz lint fmt demo bench soak deps check-static-deps static image push deploy image-test validate clean
 
 all: build
 
@@ -75,6 +75,13 @@ bench: tools
 	$(CARGO) build --release --locked --features sim --bin sim --bin director
 	$(SIM) bench $(BENCH_ARGS)
 
+## soak: the Director for SOAK_MINUTES (default 10) under random faults, then SIGTERM; fails on a
+##       lost or doubly assigned match, RSS growth over 10 %, a slow probe or a late exit
+SOAK_MINUTES ?= 10
+soak: tools
+	$(CARGO) build --release --locked --features sim --bin sim --bin director
+	$(SIM) soak --minutes $(SOAK_MINUTES)
+
 ## fmt: format the code
 fmt:
 	$(CARGO) fmt
@@ -98,7 +105,7 @@ check-static-deps:
 
 ## static: the fully static, stripped musl binary, copied to dist/director
 static: tools check-static-deps
-	$(CARGO) zigbuild --release --locked --target $(MUSL_TARGET) --bin director
+	$(CARGO) zigbuild --profile dist --locked --target $(MUSL_TARGET) --bin director
 	mkdir -p dist
 	cp $(STATIC_BIN) dist/director
 	file dist/director | grep -q 'statically linked' || { file dist/director; echo "dist/director is not static" >&2; exit 1; }

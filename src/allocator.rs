@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use grpcio::{CallOption, Channel, Environment, RpcStatusCode};
 
-use crate::config::{host_port, is_label_value, AgonesConfig};
+use crate::config::{host_port, is_label_value, AgonesConfig, AllocatorTarget};
 use crate::proto::allocation::{
-    AllocationRequest, AllocationResponse, GameServerSelector, MetaPatch, MultiClusterSetting,
+    AllocationRequest, AllocationResponse, GameServerSelector, LabelSelector, MetaPatch,
+    MultiClusterSetting,
 };
 use crate::proto::allocation_grpc::AllocationServiceClient;
 use crate::rpc::{channel_builder, RpcError};
@@ -19,16 +20,17 @@ pub const MATCH_ID_ANNOTATION: &str = "director.agones-openmatch/match-id";
 /// Label on every allocated GameServer naming the profile (sanitized) that produced the match.
 pub const PROFILE_LABEL: &str = "director.agones-openmatch/profile";
 
-/// Opens a dedicated, long-lived mTLS channel to the allocator for one worker thread. A local
-/// subchannel pool gives each worker its own TCP connection, spread over the allocator replicas.
-pub fn connect(env: Arc<Environment>, config: &AgonesConfig, tls: &TlsMaterial) -> Channel {
+/// Opens a long-lived mTLS channel to a region's allocator with `tls` (the target's material, or
+/// newer material after a certificate change). A local subchannel pool gives each channel its own
+/// TCP connection, spread over the allocator replicas.
+pub fn connect(env: Arc<Environment>, target: &AllocatorTarget, tls: &TlsMaterial) -> Channel {
     let mut builder = channel_builder(env)
         .use_local_subchannel_pool(true)
         .set_credentials(tls::channel_credentials(tls));
-    if let Some(name) = &config.tls_server_name {
+    if let Some(name) = &target.tls_server_name {
         builder = builder.override_ssl_target(name.clone());
     }
-    builder.connect(&config.allocator.target())
+    builder.connect(&target.endpoint.target())
 }
 
 /// Whether a failed Allocate is worth another attempt: the allocator is unreachable, overloaded,
@@ -80,8 +82,9 @@ impl AllocatorClient {
     }
 }
 
-/// The request for one match: the region's selector, namespace, multi-cluster flag, and metadata
-/// that lets a game server allocated by a lost response be traced back to its match.
+/// The request for one match: the region's selector, namespace, multi-cluster flag (with the
+/// region's policy label, if configured), and metadata that lets a game server allocated by a
+/// lost response be traced back to its match.
 pub fn allocation_request(
     config: &AgonesConfig,
     region: &str,
@@ -93,7 +96,14 @@ pub fn allocation_request(
         .mut_matchLabels()
         .insert(config.region_label.clone(), region.to_string());
     let mut multicluster = MultiClusterSetting::new();
-    multicluster.set_enabled(config.multicluster);
+    multicluster.set_enabled(config.target(region).multicluster);
+    if let (true, Some(label)) = (multicluster.get_enabled(), &config.policy_label) {
+        let mut policies = LabelSelector::new();
+        policies
+            .mut_matchLabels()
+            .insert(label.clone(), region.to_string());
+        multicluster.set_policySelector(policies);
+    }
     let mut metadata = MetaPatch::new();
     metadata
         .mut_annotations()
@@ -187,12 +197,9 @@ mod tests {
     use crate::rpc::AGONES_VALIDATION_ERROR;
     use crate::tls::PemFile;
 
-    fn agones_config() -> AgonesConfig {
-        AgonesConfig {
-            allocator: crate::config::Endpoint {
-                host: "allocator".into(),
-                port: 443,
-            },
+    fn target(endpoint: &str, multicluster: bool) -> AllocatorTarget {
+        AllocatorTarget {
+            endpoint: crate::config::parse_host_port(endpoint).unwrap(),
             tls: TlsMaterial {
                 ca: PemFile {
                     path: "ca.crt".into(),
@@ -201,9 +208,25 @@ mod tests {
                 identity: None,
             },
             tls_server_name: None,
+            multicluster,
+            tls_dir: None,
+        }
+    }
+
+    /// eu-west on the shared allocator with multi-cluster on; eu-north on its own allocator.
+    fn agones_config() -> AgonesConfig {
+        AgonesConfig {
+            targets: [
+                ("eu-west".to_string(), target("allocator:443", true)),
+                (
+                    "eu-north".to_string(),
+                    target("allocator.eu-north:443", false),
+                ),
+            ]
+            .into(),
             namespace: "games".into(),
-            multicluster: true,
             region_label: "topology/region".into(),
+            policy_label: None,
             port_name: "default".into(),
         }
     }
@@ -233,6 +256,25 @@ mod tests {
         let metadata = request.get_metadata();
         assert_eq!(metadata.get_annotations()[MATCH_ID_ANNOTATION], "m-1");
         assert_eq!(metadata.get_labels()[PROFILE_LABEL], "latency-eu-west-0-24");
+        assert!(!request.get_multiClusterSetting().has_policySelector());
+    }
+
+    #[test]
+    fn policy_label_selects_the_regions_policies_with_multicluster_only() {
+        let config = AgonesConfig {
+            policy_label: Some("region".into()),
+            ..agones_config()
+        };
+        let shared = allocation_request(&config, "eu-west", "p", "m-1");
+        let setting = shared.get_multiClusterSetting();
+        assert!(setting.get_enabled());
+        assert_eq!(
+            setting.get_policySelector().get_matchLabels()["region"],
+            "eu-west"
+        );
+        let own = allocation_request(&config, "eu-north", "p", "m-2");
+        assert!(!own.get_multiClusterSetting().get_enabled());
+        assert!(!own.get_multiClusterSetting().has_policySelector());
     }
 
     #[test]

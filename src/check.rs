@@ -58,24 +58,51 @@ pub fn run(config: &Config) -> Report {
         config.profiles.regions.len(),
         config.profiles.bands.len()
     ));
-    report.certificates("AGONES", &config.agones.tls);
-    if let Some(material) = &config.openmatch.tls {
-        report.certificates("OPENMATCH", material);
-    }
     let agones = &config.agones;
-    let name = agones
-        .tls_server_name
-        .clone()
-        .unwrap_or_else(|| agones.allocator.host.clone());
-    report.line(&format!(
-        "Agones allocator {} (certificate checked for the name {name:?}):",
-        agones.allocator
-    ));
-    report.handshake(&agones.allocator, &name, &agones.tls, "AGONES");
+    let mut shared_reported = false;
+    for (region, target) in &agones.targets {
+        let settings = match &target.tls_dir {
+            Some(_) => TlsSettings::region_dir(region),
+            None if shared_reported => continue,
+            None => {
+                shared_reported = true;
+                TlsSettings::of("AGONES")
+            }
+        };
+        report.certificates(&settings, &target.tls);
+    }
+    if let Some(material) = &config.openmatch.tls {
+        report.certificates(&TlsSettings::of("OPENMATCH"), material);
+    }
+    for (region, target) in &agones.targets {
+        let name = target
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| target.endpoint.host.clone());
+        report.line(&format!(
+            "Region {region}: Agones allocator {} (certificate checked for the name {name:?}{}):",
+            target.endpoint,
+            if target.multicluster {
+                "; multi-cluster allocation on"
+            } else {
+                ""
+            }
+        ));
+        let settings = match &target.tls_dir {
+            Some(_) => TlsSettings::region_dir(region),
+            None => TlsSettings::of("AGONES"),
+        };
+        report.handshake(&target.endpoint, &name, &target.tls, &settings);
+    }
     let om = &config.openmatch;
     report.line(&format!("Open Match backend {}:", om.backend));
     if let Some(material) = &om.tls {
-        report.handshake(&om.backend, &om.backend.host, material, "OPENMATCH");
+        report.handshake(
+            &om.backend,
+            &om.backend.host,
+            material,
+            &TlsSettings::of("OPENMATCH"),
+        );
     }
     report.openmatch_answers(config);
     report.line(if report.usable {
@@ -105,21 +132,26 @@ impl Report {
     }
 
     /// Validity of every certificate file of `material`; an expired one fails the check.
-    fn certificates(&mut self, prefix: &str, material: &TlsMaterial) {
-        self.line(&format!("{prefix} certificates:"));
+    fn certificates(&mut self, settings: &TlsSettings, material: &TlsMaterial) {
+        self.line(&format!("{} certificates:", settings.name));
         for (suffix, file) in material.certificate_files() {
-            let var = format!("{prefix}_{suffix}");
-            let Ok(certificates) = tls::parse_certificates(&file.path, &file.pem) else {
-                continue;
+            let var = match suffix {
+                "CA_CERT" => &settings.ca,
+                _ => &settings.client_cert,
             };
-            for (index, (_, summary)) in certificates.iter().enumerate() {
+            for (index, summary) in tls::summaries(file).iter().enumerate() {
                 let what = format!("{var} {} #{}", file.path.display(), index + 1);
                 self.validity(&what, summary);
             }
         }
     }
 
-    fn validity(&mut self, what: &str, summary: &CertSummary) {
+    /// The validity of one certificate; dates that could not be read are a warning, not a failure.
+    fn validity(&mut self, what: &str, summary: &Result<CertSummary, String>) {
+        let summary = match summary {
+            Ok(summary) => summary,
+            Err(reason) => return self.warn(&format!("{what}: dates unknown ({reason})")),
+        };
         let now = unix_now();
         let period = format!(
             "valid from {} until {}",
@@ -138,7 +170,13 @@ impl Report {
 
     /// Connects, performs the TLS handshake, and (for mTLS) finds out whether the server accepted
     /// our client certificate.
-    fn handshake(&mut self, endpoint: &Endpoint, name: &str, material: &TlsMaterial, prefix: &str) {
+    fn handshake(
+        &mut self,
+        endpoint: &Endpoint,
+        name: &str,
+        material: &TlsMaterial,
+        settings: &TlsSettings,
+    ) {
         let mut tcp = match connect(endpoint) {
             Ok(tcp) => tcp,
             Err(problem) => return self.fail(&problem),
@@ -158,7 +196,7 @@ impl Report {
             Err(NoAnswer::Rejected(error)) => Some(error),
             _ => None,
         };
-        self.server_certificate(&probe, name, prefix, tls_failure);
+        self.server_certificate(&probe, name, settings, tls_failure);
         match handshake {
             Ok(()) => {}
             Err(NoAnswer::Silent) => {
@@ -181,7 +219,8 @@ impl Report {
         match (material.identity.is_some(), probe.client_certificate_requested()) {
             (_, false) => self.warn("the server did not ask for a client certificate"),
             (false, true) => self.fail(&format!(
-                "the server asks for a client certificate: set {prefix}_CLIENT_CERT and {prefix}_CLIENT_KEY"
+                "the server asks for a client certificate: set {} and {}",
+                settings.client_cert, settings.client_key
             )),
             (true, true) => match first_answer(&mut connection, &mut tcp) {
                 Ok(()) => self.ok("the server asked for our client certificate and accepted it"),
@@ -198,27 +237,27 @@ impl Report {
         &mut self,
         probe: &Probe,
         name: &str,
-        prefix: &str,
+        settings: &TlsSettings,
         error: Option<&rustls::Error>,
     ) {
         let chain = probe.verifier.presented();
-        let summary = chain
-            .first()
-            .and_then(|der| crate::x509::summarize(der).ok());
-        let names = summary
-            .as_ref()
-            .map_or_else(|| "(unreadable)".to_string(), |s| s.names().join(", "));
+        let summary = chain.first().map(|der| crate::x509::summarize(der));
+        let names = match &summary {
+            Some(Ok(summary)) => summary.names().join(", "),
+            _ => "(unreadable)".to_string(),
+        };
         match error {
             Some(rustls::Error::InvalidCertificate(problem)) => {
-                self.fail(&certificate_problem(problem, name, &names, prefix));
+                self.fail(&certificate_problem(problem, name, &names, settings));
             }
             _ if chain.is_empty() => {}
             _ => self.ok(&format!(
-                "server certificate verified against {prefix}_CA_CERT; valid for: {names}"
+                "server certificate verified against {}; valid for: {names}",
+                settings.ca
             )),
         }
-        if let Some(summary) = summary {
-            self.validity("server certificate", &summary);
+        if let Some(summary) = &summary {
+            self.validity("server certificate", summary);
         }
     }
 
@@ -328,11 +367,12 @@ fn certificate_problem(
     problem: &CertificateError,
     name: &str,
     names: &str,
-    prefix: &str,
+    settings: &TlsSettings,
 ) -> String {
     match problem {
         CertificateError::UnknownIssuer => format!(
-            "the server's certificate is not signed by a CA in {prefix}_CA_CERT (unknown issuer); it is valid for: {names}"
+            "the server's certificate is not signed by a CA in {} (unknown issuer); it is valid for: {names}",
+            settings.ca
         ),
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
             "the server's certificate has expired".to_string()
@@ -341,16 +381,51 @@ fn certificate_problem(
             "the server's certificate is not valid yet".to_string()
         }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            let suggestion = if prefix == "AGONES" {
-                "; set AGONES_TLS_SERVER_NAME to one of them"
-            } else {
-                ""
+            let suggestion = match &settings.server_name {
+                Some(setting) => format!("; set {setting} to one of them"),
+                None => String::new(),
             };
             format!(
                 "the server's certificate is not valid for the name {name:?}; it is valid for: {names}{suggestion}"
             )
         }
         other => format!("the server's certificate was rejected: {other:?}"),
+    }
+}
+
+/// The settings an endpoint's TLS comes from, named in advice to the operator.
+struct TlsSettings {
+    /// What the material is called in headings.
+    name: String,
+    ca: String,
+    client_cert: String,
+    client_key: String,
+    /// The setting that overrides the name the server certificate is checked for, if any.
+    server_name: Option<String>,
+}
+
+impl TlsSettings {
+    /// `<prefix>_CA_CERT`, `<prefix>_CLIENT_CERT`, `<prefix>_CLIENT_KEY`.
+    fn of(prefix: &str) -> TlsSettings {
+        TlsSettings {
+            name: prefix.to_string(),
+            ca: format!("{prefix}_CA_CERT"),
+            client_cert: format!("{prefix}_CLIENT_CERT"),
+            client_key: format!("{prefix}_CLIENT_KEY"),
+            server_name: (prefix == "AGONES").then(|| "AGONES_TLS_SERVER_NAME".to_string()),
+        }
+    }
+
+    /// The files of a region's AGONES_TLS_DIRS directory.
+    fn region_dir(region: &str) -> TlsSettings {
+        let file = |name: &str| format!("{name} of AGONES_TLS_DIRS ({region})");
+        TlsSettings {
+            name: format!("AGONES_TLS_DIRS ({region})"),
+            ca: file("ca.crt"),
+            client_cert: file("tls.crt"),
+            client_key: file("tls.key"),
+            server_name: Some(format!("AGONES_TLS_SERVER_NAMES ({region}=…)")),
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! All problems are collected and reported together; nothing else in the program reads the
 //! environment.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::tls::{self, TlsMaterial};
@@ -61,23 +62,44 @@ pub struct OpenMatchConfig {
     pub tls: Option<TlsMaterial>,
 }
 
-/// How to reach the Agones allocator and what to ask it for.
+/// One region's allocator: where it is and how to talk to it.
 #[derive(Clone, Debug)]
-pub struct AgonesConfig {
+pub struct AllocatorTarget {
     /// The allocator service.
-    pub allocator: Endpoint,
+    pub endpoint: Endpoint,
     /// mTLS material (CA and client identity are both required).
     pub tls: TlsMaterial,
     /// Name to verify the allocator's certificate against, when it differs from the dial address.
     pub tls_server_name: Option<String>,
+    /// `AllocationRequest.multiClusterSetting.enabled`: AGONES_MULTICLUSTER for the shared
+    /// allocator, always off for a region's own.
+    pub multicluster: bool,
+    /// Where the TLS material comes from: `None` for the shared AGONES_CA_CERT, AGONES_CLIENT_CERT
+    /// and AGONES_CLIENT_KEY, else the region's AGONES_TLS_DIRS directory.
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// How to reach each region's Agones allocator and what to ask it for.
+#[derive(Clone, Debug)]
+pub struct AgonesConfig {
+    /// The allocator of every region in REGIONS, by region.
+    pub targets: BTreeMap<String, AllocatorTarget>,
     /// `AllocationRequest.namespace`.
     pub namespace: String,
-    /// `AllocationRequest.multiClusterSetting.enabled`.
-    pub multicluster: bool,
     /// Label key whose value selects the region's game servers.
     pub region_label: String,
+    /// With multi-cluster on: the policy label whose value is the region
+    /// (`policySelector.matchLabels`), so that only the region's policies are tried.
+    pub policy_label: Option<String>,
     /// Name of the game server port that goes into the connection string.
     pub port_name: String,
+}
+
+impl AgonesConfig {
+    /// The allocator of `region` (a region of REGIONS).
+    pub fn target(&self, region: &str) -> &AllocatorTarget {
+        &self.targets[region]
+    }
 }
 
 /// Which profiles to fetch matches for.
@@ -237,8 +259,8 @@ impl Config {
             warnings: Vec::new(),
         };
         let openmatch = read_openmatch(&mut r);
-        let agones = read_agones(&mut r);
         let profiles = read_profiles(&mut r);
+        let agones = read_agones(&mut r, &profiles.regions);
         let timing = read_timing(&mut r);
         let allocator_threads = r.parsed("ALLOCATOR_THREADS", "32", |s| count(s, 1, 1024));
         let allocator_connections = r.parsed("ALLOCATOR_CONNECTIONS", "2", |s| count(s, 1, 64));
@@ -334,7 +356,7 @@ fn read_openmatch(r: &mut Reader) -> Option<OpenMatchConfig> {
     })
 }
 
-fn read_agones(r: &mut Reader) -> Option<AgonesConfig> {
+fn read_agones(r: &mut Reader, regions: &[String]) -> Option<AgonesConfig> {
     let allocator = read_endpoint(
         r,
         (
@@ -343,28 +365,129 @@ fn read_agones(r: &mut Reader) -> Option<AgonesConfig> {
         ),
         ("AGONES_ALLOCATOR_PORT", "443"),
     );
-    let cert = r.string("AGONES_CLIENT_CERT", "/etc/director/agones-tls/tls.crt");
-    let key = r.string("AGONES_CLIENT_KEY", "/etc/director/agones-tls/tls.key");
-    let ca = r.string("AGONES_CA_CERT", "/etc/director/agones-tls/ca.crt");
-    let tls = load_tls(
-        r,
-        ("AGONES_CA_CERT", ca),
-        Some(("AGONES_CLIENT_CERT", cert, "AGONES_CLIENT_KEY", key)),
-    );
+    let endpoints = read_region_map(r, "AGONES_ALLOCATOR_ENDPOINTS", regions, |text| {
+        parse_host_port(text).map_err(|why| format!("{text:?} {why}"))
+    });
+    let tls_dirs = read_region_map(r, "AGONES_TLS_DIRS", regions, |text| {
+        Ok(PathBuf::from(text))
+    });
+    let server_names = read_region_map(r, "AGONES_TLS_SERVER_NAMES", regions, |text| {
+        Ok(text.to_string())
+    });
+    let shared_tls_needed = regions.iter().any(|region| !tls_dirs.contains_key(region));
+    let shared_tls = shared_tls_needed.then(|| {
+        let cert = r.string("AGONES_CLIENT_CERT", "/etc/director/agones-tls/tls.crt");
+        let key = r.string("AGONES_CLIENT_KEY", "/etc/director/agones-tls/tls.key");
+        let ca = r.string("AGONES_CA_CERT", "/etc/director/agones-tls/ca.crt");
+        load_tls(
+            r,
+            ("AGONES_CA_CERT", ca),
+            Some(("AGONES_CLIENT_CERT", cert, "AGONES_CLIENT_KEY", key)),
+        )
+    });
     let tls_server_name = r.optional("AGONES_TLS_SERVER_NAME");
-    let namespace = r.string("AGONES_NAMESPACE", "default");
     let multicluster = r.parsed("AGONES_MULTICLUSTER", "false", parse_bool);
+    let mut targets = BTreeMap::new();
+    let mut complete = true;
+    for region in regions {
+        let tls = match tls_dirs.get(region) {
+            Some(dir) => load_tls_dir(r, region, dir),
+            None => shared_tls.clone().flatten(),
+        };
+        let own = endpoints.get(region).cloned();
+        let own_endpoint = own.is_some();
+        match (tls, own.or_else(|| allocator.clone()), multicluster) {
+            (Some(tls), Some(endpoint), Some(multicluster)) => {
+                let target = AllocatorTarget {
+                    endpoint,
+                    tls,
+                    tls_server_name: server_names
+                        .get(region)
+                        .cloned()
+                        .or_else(|| tls_server_name.clone()),
+                    multicluster: multicluster && !own_endpoint,
+                    tls_dir: tls_dirs.get(region).cloned(),
+                };
+                targets.insert(region.clone(), target);
+            }
+            _ => complete = false,
+        }
+    }
+    let namespace = r.string("AGONES_NAMESPACE", "default");
     let region_label = r.string("REGION_LABEL", "region");
+    let policy_label = r.optional("AGONES_POLICY_LABEL");
+    if let Some(label) = &policy_label {
+        if !is_label_key(label) {
+            r.problem(
+                "AGONES_POLICY_LABEL",
+                &format!("{label:?} is not a valid Kubernetes label key"),
+            );
+        }
+    }
     let port_name = r.string("GAMESERVER_PORT_NAME", "default");
-    Some(AgonesConfig {
-        allocator: allocator?,
-        tls: tls?,
-        tls_server_name,
+    complete.then_some(AgonesConfig {
+        targets,
         namespace,
-        multicluster: multicluster?,
         region_label,
+        policy_label,
         port_name,
     })
+}
+
+/// Reads an optional `region=value,region=value` variable: every region must be one of `regions`
+/// and appear once; `parse` turns each value into what the Director uses. Problems are recorded
+/// and their entries left out.
+fn read_region_map<T>(
+    r: &mut Reader,
+    name: &str,
+    regions: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> BTreeMap<String, T> {
+    let mut map = BTreeMap::new();
+    let Some(text) = r.optional(name) else {
+        return map;
+    };
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((region, value)) = entry.split_once('=') else {
+            r.problem(name, &format!("{entry:?} is not region=value"));
+            continue;
+        };
+        let (region, value) = (region.trim(), value.trim());
+        if !regions.iter().any(|known| known == region) {
+            r.problem(
+                name,
+                &format!(
+                    "region {region:?} is not in REGIONS ({})",
+                    regions.join(", ")
+                ),
+            );
+        } else if map.contains_key(region) {
+            r.problem(name, &format!("region {region:?} is given twice"));
+        } else if value.is_empty() {
+            r.problem(name, &format!("region {region:?} has an empty value"));
+        } else {
+            match parse(value) {
+                Ok(parsed) => {
+                    map.insert(region.to_string(), parsed);
+                }
+                Err(why) => r.problem(name, &format!("region {region:?}: {why}")),
+            }
+        }
+    }
+    map
+}
+
+/// A region's TLS directory: `tls.crt`, `tls.key` and `ca.crt`, the layout of a mounted
+/// Kubernetes TLS Secret. Problems name the variable, the region and the file.
+fn load_tls_dir(r: &mut Reader, region: &str, dir: &Path) -> Option<TlsMaterial> {
+    let var = format!("AGONES_TLS_DIRS ({region})");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let var = var.as_str();
+    load_tls(
+        r,
+        (var, file("ca.crt")),
+        Some((var, file("tls.crt"), var, file("tls.key"))),
+    )
 }
 
 /// Loads a CA file and an optional client identity, recording every problem under its variable.
@@ -578,6 +701,57 @@ pub fn parse_bands(text: &str) -> Result<Vec<Band>, String> {
     Ok(bands)
 }
 
+/// Parses `host:port`; an IPv6 literal host is bracketed (`[fd00::1]:443`).
+pub fn parse_host_port(text: &str) -> Result<Endpoint, String> {
+    let malformed = || "is not host:port (an IPv6 address in brackets: [fd00::1]:443)".to_string();
+    let (host, port) = text.rsplit_once(':').ok_or_else(malformed)?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .filter(|h| h.contains(':'))
+            .ok_or_else(malformed)?,
+        None if host.contains(':') || host.contains(']') => return Err(malformed()),
+        None => host,
+    };
+    let valid_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_'));
+    if !valid_host {
+        return Err(malformed());
+    }
+    let port = parse_port(port)
+        .map_err(|why| format!("has a port that {}", why.trim_start_matches("is ")))?;
+    Ok(Endpoint {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Whether `key` is a valid Kubernetes label key: an optional DNS-subdomain prefix and `/`, then
+/// a name of at most 63 characters in the alphabet of label values, not empty.
+pub fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                let bytes = part.as_bytes();
+                !part.is_empty()
+                    && part.len() <= 63
+                    && bytes[0].is_ascii_alphanumeric()
+                    && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+                    && bytes
+                        .iter()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            })
+    });
+    prefix_ok && !name.is_empty() && is_label_value(name)
+}
+
 /// Whether `value` is a valid Kubernetes label value.
 pub fn is_label_value(value: &str) -> bool {
     let bytes = value.as_bytes();
@@ -647,14 +821,19 @@ mod tests {
         );
         assert!(om.tls.is_none());
         let agones = &config.agones;
-        assert_eq!(
-            agones.allocator.target(),
-            "agones-allocator.agones-system.svc.cluster.local:443"
-        );
-        assert!(agones.tls.identity.is_some());
-        assert_eq!(agones.tls_server_name, None);
+        assert_eq!(agones.targets.len(), 2);
+        for target in agones.targets.values() {
+            assert_eq!(
+                target.endpoint.target(),
+                "agones-allocator.agones-system.svc.cluster.local:443"
+            );
+            assert!(target.tls.identity.is_some());
+            assert_eq!(target.tls_server_name, None);
+            assert!(!target.multicluster);
+            assert_eq!(target.tls_dir, None);
+        }
         assert_eq!(agones.namespace, "default");
-        assert!(!agones.multicluster);
+        assert_eq!(agones.policy_label, None);
         assert_eq!(agones.region_label, "region");
         assert_eq!(agones.port_name, "default");
         assert_eq!(config.profiles.regions, ["us-east-1", "us-east-2"]);
@@ -721,12 +900,10 @@ mod tests {
             .load()
             .expect("valid");
         assert_eq!(config.openmatch.backend.target(), "om:1234");
-        assert_eq!(config.agones.allocator.target(), "[::1]:443");
-        assert_eq!(
-            config.agones.tls_server_name.as_deref(),
-            Some("agones-allocator")
-        );
-        assert!(config.agones.multicluster);
+        let asia = config.agones.target("asia");
+        assert_eq!(asia.endpoint.target(), "[::1]:443");
+        assert_eq!(asia.tls_server_name.as_deref(), Some("agones-allocator"));
+        assert!(asia.multicluster);
         assert_eq!(config.profiles.regions, ["eu", "asia"]);
         assert_eq!(config.timing.interval, Duration::from_millis(250));
         assert_eq!(config.timing.fetch_timeout, Duration::from_secs(120));
@@ -757,9 +934,9 @@ mod tests {
             vars,
             [
                 "OPENMATCH_BACKEND_PORT",
-                "AGONES_MULTICLUSTER",
                 "REGIONS",
                 "RANGES",
+                "AGONES_MULTICLUSTER",
                 "INTERVAL",
                 "ASSIGN_TIMEOUT",
                 "ALLOCATOR_THREADS",
@@ -768,8 +945,159 @@ mod tests {
             ],
             "{problems:#?}"
         );
-        assert!(problems[3].contains("min > max"));
+        assert!(problems[2].contains("min > max"));
         assert!(problems[5].contains("greater than zero"));
+    }
+
+    /// A TLS Secret's directory for a region: `tls.crt`, `tls.key` and `ca.crt` of its own CA.
+    fn region_tls_dir(fixture: &Fixture, region: &str) -> String {
+        let ca = TestCa::new(&format!("{region} allocator CA"));
+        let client = ca.issue(&["director"], Usage::Client);
+        let dir = fixture.dir.path().join(format!("agones-tls-{region}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(dir.join("tls.crt"), client.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), client.key_pem).unwrap();
+        dir.display().to_string()
+    }
+
+    #[test]
+    fn a_region_with_its_own_allocator_has_its_own_tls_and_no_multicluster() {
+        let fixture = Fixture::new();
+        let west_dir = region_tls_dir(&fixture, "us-west-2");
+        let shared_ca = PathBuf::from(&fixture.vars["AGONES_CA_CERT"]);
+        let config = fixture
+            .set("REGIONS", "us-east-1,us-west-2,eu-west-1")
+            .set("AGONES_MULTICLUSTER", "true")
+            .set("AGONES_POLICY_LABEL", "region")
+            .set("AGONES_TLS_SERVER_NAME", "allocator.shared")
+            .set(
+                "AGONES_ALLOCATOR_ENDPOINTS",
+                "us-west-2=allocator.west:8443, eu-west-1=[fd00::7]:443",
+            )
+            .set("AGONES_TLS_DIRS", &format!("us-west-2={west_dir}"))
+            .set(
+                "AGONES_TLS_SERVER_NAMES",
+                "us-west-2=allocator.west.example",
+            )
+            .load()
+            .expect("valid");
+        let agones = &config.agones;
+        assert_eq!(agones.policy_label.as_deref(), Some("region"));
+        let east = agones.target("us-east-1");
+        assert_eq!(
+            east.endpoint.target(),
+            "agones-allocator.agones-system.svc.cluster.local:443"
+        );
+        assert!(east.multicluster);
+        assert_eq!(east.tls_server_name.as_deref(), Some("allocator.shared"));
+        assert_eq!(east.tls.ca.path, shared_ca);
+        let west = agones.target("us-west-2");
+        assert_eq!(west.endpoint.target(), "allocator.west:8443");
+        assert!(!west.multicluster);
+        assert_eq!(
+            west.tls_server_name.as_deref(),
+            Some("allocator.west.example")
+        );
+        assert_eq!(west.tls.ca.path, Path::new(&west_dir).join("ca.crt"));
+        assert_eq!(west.tls_dir.as_deref(), Some(Path::new(&west_dir)));
+        let eu = agones.target("eu-west-1");
+        assert_eq!(eu.endpoint.target(), "[fd00::7]:443");
+        assert!(!eu.multicluster);
+        assert_eq!(eu.tls_server_name.as_deref(), Some("allocator.shared"));
+        assert_eq!(eu.tls_dir, None);
+    }
+
+    #[test]
+    fn the_shared_certificates_are_not_needed_when_every_region_has_its_own() {
+        let fixture = Fixture::new();
+        let east = region_tls_dir(&fixture, "us-east-1");
+        let west = region_tls_dir(&fixture, "us-east-2");
+        let config = fixture
+            .set("AGONES_CA_CERT", "/nowhere/ca.crt")
+            .set(
+                "AGONES_TLS_DIRS",
+                &format!("us-east-1={east},us-east-2={west}"),
+            )
+            .load()
+            .expect("the shared files are not read");
+        assert!(config.agones.targets.values().all(|t| t.tls_dir.is_some()));
+    }
+
+    #[test]
+    fn every_per_region_problem_is_named() {
+        let fixture = Fixture::new();
+        let good = region_tls_dir(&fixture, "us-east-1");
+        let mismatched = region_tls_dir(&fixture, "us-east-2");
+        let other = TestCa::new("other").issue(&["director"], Usage::Client);
+        std::fs::write(Path::new(&mismatched).join("tls.key"), other.key_pem).unwrap();
+        let empty = fixture.dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let problems = fixture
+            .set("REGIONS", "us-east-1,us-east-2,eu-west-1")
+            .set(
+                "AGONES_ALLOCATOR_ENDPOINTS",
+                "us-east-1=a:443,us-east-1=b:443,ap-south-1=c:443,us-east-2=no-port,eu-west-1=fd00::1:443",
+            )
+            .set(
+                "AGONES_TLS_DIRS",
+                &format!("us-east-1={good},us-east-2={mismatched},eu-west-1={}", empty.display()),
+            )
+            .set("AGONES_TLS_SERVER_NAMES", "us-east-1")
+            .set("AGONES_POLICY_LABEL", "Bad Label")
+            .problems();
+        let expected = [
+            "AGONES_ALLOCATOR_ENDPOINTS: region \"us-east-1\" is given twice",
+            "AGONES_ALLOCATOR_ENDPOINTS: region \"ap-south-1\" is not in REGIONS (us-east-1, us-east-2, eu-west-1)",
+            "AGONES_ALLOCATOR_ENDPOINTS: region \"us-east-2\": \"no-port\" is not host:port",
+            "AGONES_ALLOCATOR_ENDPOINTS: region \"eu-west-1\": \"fd00::1:443\" is not host:port",
+            "AGONES_TLS_SERVER_NAMES: \"us-east-1\" is not region=value",
+            "AGONES_TLS_DIRS (us-east-2): ",
+            "AGONES_TLS_DIRS (eu-west-1): ",
+            "AGONES_POLICY_LABEL: \"Bad Label\" is not a valid Kubernetes label key",
+        ];
+        for (i, start) in expected.iter().enumerate() {
+            assert!(
+                problems.iter().any(|p| p.starts_with(start)),
+                "#{i} {start:?} missing from {problems:#?}"
+            );
+        }
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.starts_with("AGONES_TLS_DIRS (us-east-1)")),
+            "the good directory has no problem: {problems:#?}"
+        );
+        let named = |needle: &str| problems.iter().filter(|p| p.contains(needle)).count();
+        assert_eq!(named("does not match the certificate"), 1, "{problems:#?}");
+        assert_eq!(named("empty/ca.crt"), 1, "{problems:#?}");
+        assert_eq!(named("empty/tls.crt"), 1, "{problems:#?}");
+        assert_eq!(named("empty/tls.key"), 1, "{problems:#?}");
+    }
+
+    #[test]
+    fn host_port_and_label_key_parsing() {
+        let endpoint = |text: &str| parse_host_port(text).map(|e| e.target());
+        assert_eq!(endpoint("allocator:443"), Ok("allocator:443".to_string()));
+        assert_eq!(endpoint("[fd00::1]:443"), Ok("[fd00::1]:443".to_string()));
+        assert_eq!(endpoint("10.0.0.1:8443"), Ok("10.0.0.1:8443".to_string()));
+        for bad in [
+            "allocator",
+            ":443",
+            "a:0",
+            "a:70000",
+            "a b:1",
+            "[a]:1",
+            "fd00::1:443",
+            "a:x",
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(is_label_key("region"));
+        assert!(is_label_key("topology.kubernetes.io/region"));
+        for bad in ["", "/region", "Bad Label", "UPPER.example/x", "a/", "-x"] {
+            assert!(!is_label_key(bad), "{bad}");
+        }
     }
 
     #[test]

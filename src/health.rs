@@ -3,7 +3,8 @@
 //! *Live*: every fetcher and worker thread is running and has either made progress within its
 //! limit (its longest legitimate call chain plus a margin) or is waiting for work (the interval,
 //! an empty queue, a full queue). *Ready*: the latest FetchMatches of every profile succeeded, and
-//! at least one allocator channel is connected.
+//! at least one region can allocate: one of its allocator channels is connected and its circuit
+//! breaker is closed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use grpcio::{Channel, ConnectivityState};
 
+use crate::circuit::Circuit;
 use crate::sync::lock;
 
 /// One thread's signs of life.
@@ -75,6 +77,7 @@ pub struct Health {
     heartbeats: Mutex<Vec<Arc<Heartbeat>>>,
     last_fetch: Mutex<BTreeMap<String, Result<(), String>>>,
     allocator_channels: Mutex<BTreeMap<String, Vec<Channel>>>,
+    circuits: Mutex<BTreeMap<String, Arc<Circuit>>>,
     stopping: AtomicBool,
 }
 
@@ -92,6 +95,7 @@ impl Health {
             heartbeats: Mutex::new(Vec::new()),
             last_fetch: Mutex::new(BTreeMap::new()),
             allocator_channels: Mutex::new(BTreeMap::new()),
+            circuits: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
         }
     }
@@ -118,6 +122,33 @@ impl Health {
     /// Records the allocator channels `region`'s workers use now.
     pub fn allocator_channels(&self, region: &str, channels: Vec<Channel>) {
         lock(&self.allocator_channels).insert(region.to_string(), channels);
+    }
+
+    /// Records `region`'s circuit breaker.
+    pub fn allocator_circuit(&self, region: &str, circuit: Arc<Circuit>) {
+        lock(&self.circuits).insert(region.to_string(), circuit);
+    }
+
+    /// Whether each region can allocate now: `Ok`, or why not.
+    pub fn allocators(&self) -> BTreeMap<String, Result<(), String>> {
+        let circuits = lock(&self.circuits);
+        lock(&self.allocator_channels)
+            .iter()
+            .map(|(region, channels)| {
+                let states: Vec<ConnectivityState> = channels
+                    .iter()
+                    .map(|c| c.check_connectivity_state(true))
+                    .collect();
+                let up = if !states.contains(&ConnectivityState::GRPC_CHANNEL_READY) {
+                    Err(format!("no connected channel {states:?}"))
+                } else if circuits.get(region).is_some_and(|c| c.is_open()) {
+                    Err("circuit open after repeated failures".to_string())
+                } else {
+                    Ok(())
+                };
+                (region.clone(), up)
+            })
+            .collect()
     }
 
     /// From now on, ended threads are expected.
@@ -153,39 +184,25 @@ impl Health {
                 problems.push(format!("last FetchMatches for {profile} failed: {error}"));
             }
         }
-        let channels = lock(&self.allocator_channels);
-        let mut ready = 0;
-        let mut down = Vec::new();
-        for (region, channels) in channels.iter() {
-            let states: Vec<ConnectivityState> = channels
-                .iter()
-                .map(|c| c.check_connectivity_state(true))
-                .collect();
-            if states.contains(&ConnectivityState::GRPC_CHANNEL_READY) {
-                ready += 1;
-            } else {
-                down.push(format!("{region} ({states:?})"));
-            }
-        }
+        let allocators = self.allocators();
+        let down: Vec<String> = allocators
+            .iter()
+            .filter_map(|(region, up)| up.as_ref().err().map(|why| format!("{region}: {why}")))
+            .collect();
+        let ready = allocators.len() - down.len();
         if ready == 0 {
-            problems.push(format!(
-                "no region has a ready allocator connection: {}",
-                down.join(", ")
-            ));
+            problems.push(format!("no region can allocate: {}", down.join("; ")));
         }
         if problems.is_empty() {
             let down = if down.is_empty() {
                 String::new()
             } else {
-                format!(
-                    "; regions without a ready allocator connection: {}",
-                    down.join(", ")
-                )
+                format!("; regions down: {}", down.join("; "))
             };
             Ok(format!(
-                "ok: {} profiles fetched, {ready}/{} regions' allocators connected{down}\n",
+                "ok: {} profiles fetched, {ready}/{} regions can allocate{down}\n",
                 last_fetch.len(),
-                channels.len()
+                allocators.len()
             ))
         } else {
             Err(problems.join("\n") + "\n")

@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub mod check;
+pub mod circuit;
 pub mod config;
 #[cfg(any(test, feature = "sim"))]
 pub mod doubles;

@@ -106,18 +106,24 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
     let agones = &config.agones;
     let timing = &config.timing;
     log::info!(
-        "Starting director {}: Open Match backend {} ({om_security}), match function {}; Agones allocator {} (mTLS, CA {}, server name {}), namespace {:?}, multicluster {}, selector label {:?}, port {:?}",
+        "Starting director {}: Open Match backend {} ({om_security}), match function {}; Agones namespace {:?}, selector label {:?}, policy label {:?}, port {:?}",
         env!("CARGO_PKG_VERSION"),
         om.backend,
         om.match_function,
-        agones.allocator,
-        agones.tls.ca.path.display(),
-        agones.tls_server_name.as_deref().unwrap_or("from address"),
         agones.namespace,
-        agones.multicluster,
         agones.region_label,
+        agones.policy_label.as_deref().unwrap_or("none"),
         agones.port_name,
     );
+    for (region, target) in &agones.targets {
+        log::info!(
+            "Allocator of region {region}: {} (mTLS, CA {}, server name {}), multicluster {}",
+            target.endpoint,
+            target.tls.ca.path.display(),
+            target.tls_server_name.as_deref().unwrap_or("from address"),
+            target.multicluster,
+        );
+    }
     log::info!(
         "{} profiles ({}); interval {:?}; timeouts fetch {:?} allocate {:?} assign {:?}; retry budgets allocate {:?} assign {:?}; shutdown timeout {:?}; queue timeout {:?}; per region {} allocator threads on {} connections, queue {}",
         profiles.len(),
@@ -137,14 +143,5 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
 }
 
 fn log_totals(totals: &Totals) {
-    log::info!(
-        "Director stopped: {} matches received: {} assigned, {} released, {} abandoned to Open Match's pending-release timeout; {} empty matches skipped, {} tickets not found, {} orphaned game servers",
-        totals.received,
-        totals.assigned,
-        totals.released,
-        totals.abandoned,
-        totals.skipped_empty,
-        totals.tickets_not_found,
-        totals.orphaned_game_servers,
-    );
+    log::info!("{}", totals.accounting_line());
 }

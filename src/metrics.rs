@@ -9,17 +9,18 @@ use std::time::Duration;
 
 use crate::sync::lock;
 
-/// A counter family with labels; one series per distinct label values.
-pub struct CounterVec {
+/// A family of series with labels, one per distinct label values: counters (`add`, `inc`) or
+/// gauges (`set`).
+pub struct Family {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
     series: Mutex<BTreeMap<Vec<String>, u64>>,
 }
 
-impl CounterVec {
+impl Family {
     const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        CounterVec {
+        Family {
             name,
             help,
             labels,
@@ -36,6 +37,12 @@ impl CounterVec {
     /// Adds one.
     pub fn inc(&self, values: &[&str]) {
         self.add(values, 1);
+    }
+
+    /// Sets the series with these label values to `value` (a gauge).
+    pub fn set(&self, values: &[&str], value: u64) {
+        let key = values.iter().map(|v| v.to_string()).collect();
+        lock(&self.series).insert(key, value);
     }
 
     /// The sum over all series.
@@ -172,33 +179,37 @@ impl Histogram {
 /// Everything the Director measures.
 pub struct Metrics {
     /// Matches received from FetchMatches, by profile.
-    pub matches_fetched: CounterVec,
+    pub matches_fetched: Family,
     /// Matches without tickets, skipped.
     pub empty_matches: Counter,
     /// Failed FetchMatches calls, by profile and gRPC code.
-    pub fetch_errors: CounterVec,
+    pub fetch_errors: Family,
     /// Allocate attempts, by region and result (`ok` or the gRPC code).
-    pub allocations: CounterVec,
+    pub allocations: Family,
     /// Duration of Allocate attempts.
     pub allocation_duration: Histogram,
     /// Allocate attempts that waited for ALLOCATE_RATE_LIMIT, by region.
-    pub allocate_throttled: CounterVec,
+    pub allocate_throttled: Family,
     /// How matches ended, by outcome (`assigned`, `released`, `abandoned`).
-    pub matches_finished: CounterVec,
+    pub matches_finished: Family,
     /// Tickets that got an assignment.
     pub tickets_assigned: Counter,
     /// Tickets returned to the pool.
     pub tickets_released: Counter,
     /// Tickets or matches that could not be assigned, by cause.
-    pub assignment_failures: CounterVec,
+    pub assignment_failures: Family,
     /// Game servers allocated but left without players.
     pub orphaned_game_servers: Counter,
     /// Time from a match coming off the stream to its tickets being assigned.
     pub match_to_assignment: Histogram,
     /// Certificate reloads, by endpoint and result.
-    pub certificate_reloads: CounterVec,
-    /// Not-after time of each certificate file (Unix seconds), by file.
-    certificate_expiry: Mutex<BTreeMap<String, i64>>,
+    pub certificate_reloads: Family,
+    /// Whether each region's circuit breaker is open (1) or closed (0).
+    pub region_circuit_open: Family,
+    /// Whether each region can allocate (1: a connected channel and a closed circuit) or not (0).
+    pub allocator_up: Family,
+    /// Not-after time of each certificate file (Unix seconds), by file; `None` when unreadable.
+    certificate_expiry: Mutex<BTreeMap<String, Option<i64>>>,
     /// Matches in the queue: counted here by the fetchers and workers, so that nothing else holds
     /// an end of the channel (a send must fail when no worker is left).
     queue_depth: AtomicI64,
@@ -214,7 +225,7 @@ impl Metrics {
     /// All metrics at zero.
     pub const fn new() -> Metrics {
         Metrics {
-            matches_fetched: CounterVec::new(
+            matches_fetched: Family::new(
                 "director_matches_fetched_total",
                 "Matches with tickets received from Open Match FetchMatches.",
                 &["profile"],
@@ -223,12 +234,12 @@ impl Metrics {
                 "director_empty_matches_total",
                 "Matches without tickets, skipped.",
             ),
-            fetch_errors: CounterVec::new(
+            fetch_errors: Family::new(
                 "director_fetch_errors_total",
                 "FetchMatches calls that failed.",
                 &["profile", "code"],
             ),
-            allocations: CounterVec::new(
+            allocations: Family::new(
                 "director_allocations_total",
                 "Agones Allocate attempts, by result (ok or the gRPC status code).",
                 &["region", "result"],
@@ -237,12 +248,12 @@ impl Metrics {
                 "director_allocation_duration_seconds",
                 "Duration of Agones Allocate attempts.",
             ),
-            allocate_throttled: CounterVec::new(
+            allocate_throttled: Family::new(
                 "director_allocate_throttled_total",
                 "Allocate attempts that waited for their turn under ALLOCATE_RATE_LIMIT.",
                 &["region"],
             ),
-            matches_finished: CounterVec::new(
+            matches_finished: Family::new(
                 "director_matches_total",
                 "Matches handled, by outcome: assigned, released, or abandoned to Open Match's pending-release timeout.",
                 &["outcome"],
@@ -255,7 +266,7 @@ impl Metrics {
                 "director_tickets_released_total",
                 "Tickets returned to the Open Match pool with ReleaseTickets.",
             ),
-            assignment_failures: CounterVec::new(
+            assignment_failures: Family::new(
                 "director_assignment_failures_total",
                 "Tickets AssignTickets reported as not assigned (ticket_not_found, unknown), and AssignTickets calls that failed (rpc_error).",
                 &["cause"],
@@ -268,10 +279,20 @@ impl Metrics {
                 "director_match_to_assignment_seconds",
                 "Time from a match arriving on the FetchMatches stream to its tickets being assigned.",
             ),
-            certificate_reloads: CounterVec::new(
+            certificate_reloads: Family::new(
                 "director_certificate_reloads_total",
                 "Certificate reloads after a file changed, by endpoint and result.",
                 &["endpoint", "result"],
+            ),
+            region_circuit_open: Family::new(
+                "director_region_circuit_open",
+                "1 while a region's allocator failed repeatedly and its new matches are released at once; 0 otherwise.",
+                &["region"],
+            ),
+            allocator_up: Family::new(
+                "director_allocator_up",
+                "1 when a region's allocator has a connected channel and a closed circuit, else 0; read at scrape time.",
+                &["region"],
             ),
             certificate_expiry: Mutex::new(BTreeMap::new()),
             queue_depth: AtomicI64::new(0),
@@ -296,8 +317,8 @@ impl Metrics {
             .unsigned_abs()
     }
 
-    /// Records the not-after time of a certificate file.
-    pub fn set_certificate_expiry(&self, file: &str, not_after: i64) {
+    /// Records the not-after time of a certificate file, or that it is unknown (exported as NaN).
+    pub fn set_certificate_expiry(&self, file: &str, not_after: Option<i64>) {
         lock(&self.certificate_expiry).insert(file.to_string(), not_after);
     }
 
@@ -328,6 +349,8 @@ impl Metrics {
         self.orphaned_game_servers.render(&mut out);
         self.match_to_assignment.render(&mut out);
         self.certificate_reloads.render(&mut out, "counter");
+        self.region_circuit_open.render(&mut out, "gauge");
+        self.allocator_up.render(&mut out, "gauge");
         header(
             &mut out,
             "director_queue_depth",
@@ -338,14 +361,15 @@ impl Metrics {
         header(
             &mut out,
             "director_certificate_expiry_timestamp_seconds",
-            "Not-after time of each certificate file, Unix seconds.",
+            "Not-after time of each certificate file, Unix seconds; NaN when its dates cannot be read.",
             "gauge",
         );
         let expiry = lock(&self.certificate_expiry);
         for (file, not_after) in expiry.iter() {
+            let value = not_after.map_or_else(|| "NaN".to_string(), |t| t.to_string());
             let _ = writeln!(
                 out,
-                "director_certificate_expiry_timestamp_seconds{{file=\"{}\"}} {not_after}",
+                "director_certificate_expiry_timestamp_seconds{{file=\"{}\"}} {value}",
                 escape(file)
             );
         }
@@ -389,7 +413,8 @@ mod tests {
             .fetch_errors
             .add(&["latency-eu-0-24", "UNAVAILABLE"], 2);
         metrics.tickets_assigned.add(4);
-        metrics.set_certificate_expiry("/etc/a \"b\"", 1_700_000_000);
+        metrics.set_certificate_expiry("/etc/a \"b\"", Some(1_700_000_000));
+        metrics.set_certificate_expiry("/etc/unreadable", None);
         (0..4).for_each(|_| metrics.queued());
         metrics.dequeued();
         let text = metrics.render();
@@ -402,6 +427,9 @@ mod tests {
         assert!(text.contains("director_queue_depth 3\n"));
         assert!(text.contains(
             "director_certificate_expiry_timestamp_seconds{file=\"/etc/a \\\"b\\\"\"} 1700000000\n"
+        ));
+        assert!(text.contains(
+            "director_certificate_expiry_timestamp_seconds{file=\"/etc/unreadable\"} NaN\n"
         ));
         assert!(text.contains("director_build_info{version=\""));
     }

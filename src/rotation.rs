@@ -115,8 +115,9 @@ impl TlsFiles {
 
 /// One endpoint under watch: its name, its files, and what to do with valid new material.
 pub struct Watched {
-    /// `agones` or `openmatch`, for logs and metrics.
-    pub endpoint: &'static str,
+    /// `openmatch`, `agones` (the shared Agones material) or `agones-<region>` (a region's own
+    /// AGONES_TLS_DIRS directory), for logs and metrics.
+    pub endpoint: String,
     /// Its files.
     files: TlsFiles,
     /// The bytes the material in use was loaded from, in [`TlsFiles::snapshot`]'s order: a file
@@ -129,7 +130,7 @@ pub struct Watched {
 impl Watched {
     /// Watches the files `material` (in use now) was loaded from; `apply` publishes new material.
     pub fn new(
-        endpoint: &'static str,
+        endpoint: String,
         material: &TlsMaterial,
         apply: impl Fn(TlsMaterial) + Send + 'static,
     ) -> Watched {
@@ -189,7 +190,7 @@ fn reload(endpoint: &Watched, metrics: &Metrics) {
             (endpoint.apply)(material);
             metrics
                 .certificate_reloads
-                .inc(&[endpoint.endpoint, "success"]);
+                .inc(&[&endpoint.endpoint, "success"]);
             log::info!(
                 "Reloaded the {} TLS material from {}; new connections use it from the next match",
                 endpoint.endpoint,
@@ -199,7 +200,7 @@ fn reload(endpoint: &Watched, metrics: &Metrics) {
         Err(problem) => {
             metrics
                 .certificate_reloads
-                .inc(&[endpoint.endpoint, "failure"]);
+                .inc(&[&endpoint.endpoint, "failure"]);
             log::error!(
                 "Rejected new {} TLS material, keeping the previous one: {problem}",
                 endpoint.endpoint
@@ -208,21 +209,28 @@ fn reload(endpoint: &Watched, metrics: &Metrics) {
     }
 }
 
-/// Exposes the expiry of every certificate file of `material` and warns about near ones.
+/// Exposes the expiry of every certificate file of `material` and warns about near ones. A file
+/// with a certificate whose dates cannot be read has an unknown expiry, and that is warned about.
 pub fn record_expiry(material: &TlsMaterial, metrics: &Metrics) {
     for (_, file) in material.certificate_files() {
-        let Ok(certificates) = tls::parse_certificates(&file.path, &file.pem) else {
-            continue;
-        };
-        let Some(soonest) = certificates
-            .iter()
-            .map(|(_, summary)| summary)
-            .min_by_key(|summary| summary.not_after)
-        else {
-            continue;
-        };
         let path = file.path.display().to_string();
-        metrics.set_certificate_expiry(&path, soonest.not_after);
+        let summaries = tls::summaries(file);
+        let unreadable = summaries
+            .iter()
+            .enumerate()
+            .find_map(|(index, summary)| summary.as_ref().err().map(|reason| (index, reason)));
+        if let Some((index, reason)) = unreadable {
+            log::warn!(
+                "Certificate #{} in {path}: dates unknown ({reason}); it is still used, its expiry is not reported",
+                index + 1
+            );
+            metrics.set_certificate_expiry(&path, None);
+            continue;
+        }
+        let Some(soonest) = summaries.iter().flatten().min_by_key(|s| s.not_after) else {
+            continue;
+        };
+        metrics.set_certificate_expiry(&path, Some(soonest.not_after));
         let when = match soonest.validity(unix_now()) {
             Validity::Expired => "already expired".to_string(),
             Validity::ExpiresSoon => format!(
@@ -267,7 +275,7 @@ mod tests {
         dir.write("tls.key", &second.key_pem);
 
         let (applied, seen) = crossbeam_channel::bounded(1);
-        let watched = Watched::new("agones", &in_use, move |material| {
+        let watched = Watched::new("agones".to_string(), &in_use, move |material| {
             let _ = applied.try_send(material);
         });
         let shutdown = Shutdown::new(Duration::ZERO);

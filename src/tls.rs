@@ -1,5 +1,9 @@
 //! TLS material: PEM files read once, validated with rustls, and turned into gRPC credentials.
 //!
+//! rustls (and its webpki) decide whether a certificate is usable and whether a key belongs to it.
+//! The dates and names the Director reports come from [`crate::x509`], best-effort: a certificate
+//! that reader cannot follow is still used, and its dates are reported as unknown.
+//!
 //! Private keys are held in [`SecretPem`], whose `Debug` never shows the key.
 
 use std::fmt;
@@ -9,6 +13,8 @@ use grpcio::{ChannelCredentials, ChannelCredentialsBuilder};
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::{Error as TlsError, InconsistentKeys, RootCertStore};
 
 use crate::x509::{self, CertSummary};
 
@@ -88,10 +94,15 @@ pub struct IdentityProblem {
     pub message: String,
 }
 
-/// Reads a CA bundle and checks that it holds at least one well-formed certificate.
+/// Reads a CA bundle and checks, with webpki, that every certificate in it can be a trust anchor.
 pub fn load_ca(path: &Path) -> Result<PemFile, String> {
     let pem = read_pem_file(path)?;
-    parse_certificates(path, &pem)?;
+    let mut roots = RootCertStore::empty();
+    for (index, cert) in pem_certificates(path, &pem)?.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| not_a_certificate(index, path, &e))?;
+    }
     Ok(PemFile {
         path: path.to_path_buf(),
         pem,
@@ -112,7 +123,7 @@ pub fn load_identity(
         message,
     };
     let chain = read_pem_file(cert_path).and_then(|pem| {
-        let certs = parse_certificates(cert_path, &pem)?;
+        let certs = pem_certificates(cert_path, &pem)?;
         Ok((pem, certs))
     });
     let key = read_pem_file(key_path).and_then(|pem| {
@@ -138,14 +149,16 @@ pub fn load_identity(
                 key_path.display()
             ))]
         })?;
-    if let Some(key_info) = signing_key.public_key() {
-        if key_info.as_ref() != certs[0].1.public_key_info.as_slice() {
+    match CertifiedKey::new(certs, signing_key).keys_match() {
+        Ok(()) | Err(TlsError::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+        Err(TlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
             return Err(vec![key_problem(format!(
                 "{} does not match the certificate in {}",
                 key_path.display(),
                 cert_path.display()
             ))]);
         }
+        Err(e) => return Err(vec![cert_problem(not_a_certificate(0, cert_path, &e))]),
     }
     Ok(ClientIdentity {
         cert_chain: PemFile {
@@ -182,29 +195,32 @@ fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// The certificates of a PEM bundle, each with what the Director reports about it.
-pub fn parse_certificates(
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<(CertificateDer<'static>, CertSummary)>, String> {
+/// The certificates of a PEM file; at least one.
+fn pem_certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
-    certs
-        .into_iter()
-        .enumerate()
-        .map(|(index, cert)| {
-            let summary = x509::summarize(&cert).map_err(|e| {
-                format!(
-                    "certificate #{} in {} is not a valid X.509 certificate: {e}",
-                    index + 1,
-                    path.display()
-                )
-            })?;
-            Ok((cert, summary))
+    Ok(certs)
+}
+
+fn not_a_certificate(index: usize, path: &Path, error: &dyn fmt::Display) -> String {
+    format!(
+        "certificate #{} in {} is not a valid X.509 certificate: {error}",
+        index + 1,
+        path.display()
+    )
+}
+
+/// What the Director reports about each certificate of a loaded file, in order: its dates and
+/// names, or why [`x509::summarize`] could not read them.
+pub fn summaries(file: &PemFile) -> Vec<Result<CertSummary, String>> {
+    CertificateDer::pem_slice_iter(&file.pem)
+        .map(|cert| {
+            cert.map_err(|e| e.to_string())
+                .and_then(|der| x509::summarize(&der))
         })
         .collect()
 }
@@ -239,6 +255,16 @@ mod tests {
             }
         }
         bytes
+    }
+
+    #[test]
+    fn a_certificate_whose_dates_and_names_cannot_be_read_is_still_loaded() {
+        let ca = TestCa::with_unreadable_names("best-effort-ca");
+        let dir = TempDir::new("best-effort");
+        let ca = load_ca(&dir.write("ca.crt", ca.pem())).expect("usable CA");
+        let summaries = summaries(&ca);
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0], Err("malformed DER".to_string()));
     }
 
     /// Property tests of a parser of outside input (`make fuzz` runs many more cases).

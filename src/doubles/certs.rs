@@ -1,9 +1,13 @@
 //! Test certificates, generated at test time: a CA that issues server and client certificates.
 
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 
 /// A certificate authority for tests.
 pub struct TestCa {
@@ -32,10 +36,30 @@ pub enum Usage {
 impl TestCa {
     /// A new self-signed CA called `name`.
     pub fn new(name: &str) -> TestCa {
+        TestCa::new_with(name, |_| {})
+    }
+
+    /// A CA that TLS stacks accept but whose names [`crate::x509`] cannot follow: its subject
+    /// alternative names hold a name whose length runs past the list. TLS stacks read that list
+    /// only to match the server name of a leaf certificate, never a CA's.
+    pub fn with_unreadable_names(name: &str) -> TestCa {
+        TestCa::new_with(name, |params| {
+            let names_overrunning_their_list = vec![0x30, 0x04, 0x82, 0x05, b'a', b'b'];
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    &[2, 5, 29, 17],
+                    names_overrunning_their_list,
+                ));
+        })
+    }
+
+    fn new_with(name: &str, adjust: impl FnOnce(&mut CertificateParams)) -> TestCa {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
+        adjust(&mut params);
         let cert = params.self_signed(&key).expect("self-signed CA");
         TestCa { cert, key }
     }
@@ -82,6 +106,33 @@ impl TestCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
+    }
+}
+
+/// A Kubernetes-style Secret volume: `name -> ..data/name`, `..data -> ..<version>/`, updated the
+/// way the kubelet updates a mounted Secret.
+pub struct SecretVolume<'a> {
+    /// The mount point.
+    pub dir: &'a Path,
+    /// The version last published.
+    pub version: usize,
+}
+
+impl SecretVolume<'_> {
+    /// Writes a new version of the files and swaps `..data` to it atomically.
+    pub fn publish(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).expect("create version dir");
+        for (name, contents) in files {
+            std::fs::write(self.dir.join(&version).join(name), contents).expect("write file");
+            let link = self.dir.join(name);
+            if !link.exists() {
+                symlink(format!("..data/{name}"), link).expect("link file");
+            }
+        }
+        symlink(&version, self.dir.join("..data_tmp")).expect("link ..data_tmp");
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).expect("swap ..data");
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod agones;
 pub mod certs;
+pub mod hostile;
 pub mod openmatch;
 pub mod server;
 pub mod tls;

@@ -235,3 +235,93 @@ pub fn distinct_ticket_ids(m: &Match) -> Vec<String> {
     }
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::doubles::certs::{TempDir, TestCa, Usage};
+    use crate::doubles::openmatch::{FakeOpenMatch, TicketStatus};
+    use crate::pipeline::{shared_state, Totals};
+    use crate::profiles::build_profiles;
+    use crate::shutdown::Shutdown;
+
+    /// Polls `condition` until it holds; panics after 20 s naming `what`.
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A fetcher for the one profile of a one-region, one-band configuration against `om`.
+    /// Its queue has no receiver: every worker is gone.
+    fn fetcher_without_workers(
+        om: &FakeOpenMatch,
+        dir: &TempDir,
+        shutdown: &Arc<Shutdown>,
+    ) -> Fetcher {
+        let ca = TestCa::new("agones CA");
+        let client = ca.issue(&["director"], Usage::Client);
+        let vars = [
+            ("OPENMATCH_BACKEND_ADDR", "127.0.0.1".to_string()),
+            ("OPENMATCH_BACKEND_PORT", om.port.to_string()),
+            ("REGIONS", "us-east-1".to_string()),
+            ("RANGES", "0-49".to_string()),
+            (
+                "AGONES_CA_CERT",
+                dir.write("ca.crt", ca.pem()).display().to_string(),
+            ),
+            (
+                "AGONES_CLIENT_CERT",
+                dir.write("tls.crt", client.cert_pem).display().to_string(),
+            ),
+            (
+                "AGONES_CLIENT_KEY",
+                dir.write("tls.key", client.key_pem).display().to_string(),
+            ),
+        ];
+        let config = Config::from_lookup(&|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.clone())
+        })
+        .expect("valid configuration");
+        let shared = Arc::new(shared_state(&config, shutdown));
+        let (queue, workers) = crossbeam_channel::bounded(4);
+        drop(workers);
+        Fetcher {
+            profile: Arc::new(build_profiles(&config.profiles).remove(0)),
+            queue,
+            heartbeat: shared.health.register("fetch", Duration::from_secs(30)),
+            shared,
+            interval: Duration::from_millis(50),
+            fetch_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn with_every_worker_gone_fetched_matches_are_released_not_lost() {
+        let om = FakeOpenMatch::start();
+        let players = om.add_players(&["us-east-1"], "us-east-1", 10.0, 8);
+        let dir = TempDir::new("no-workers");
+        let shutdown = Shutdown::new(Duration::from_secs(5));
+        let fetcher = fetcher_without_workers(&om, &dir, &shutdown);
+        let shared = Arc::clone(&fetcher.shared);
+        let running = std::thread::spawn(move || fetcher.run());
+        wait_until("every player released", || {
+            let released = om.state().released_ids();
+            players.iter().all(|id| released.contains(id))
+        });
+        shutdown.request();
+        running.join().expect("the fetcher ends");
+        let totals = Totals::of(&shared.metrics);
+        assert!(totals.received >= 2, "{totals:?}");
+        assert_eq!(totals.released, totals.received, "{totals:?}");
+        assert!(totals.adds_up(), "{totals:?}");
+        let om = om.state();
+        assert_eq!(om.count(|s| *s == TicketStatus::Pending), 0);
+        assert_eq!(om.assigned(), 0);
+    }
+}

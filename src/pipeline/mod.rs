@@ -10,6 +10,7 @@ mod fetcher;
 mod worker;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use grpcio::{Channel, EnvBuilder, Environment};
 
 use crate::allocator::{self, AllocatorClient};
+use crate::circuit::Circuit;
 use crate::config::{AgonesConfig, Config};
 use crate::health::Health;
 use crate::http::{self, Response};
@@ -135,7 +137,55 @@ impl Totals {
             orphaned_game_servers: metrics.orphaned_game_servers.get(),
         }
     }
+
+    /// Whether every match received ended in exactly one outcome.
+    pub fn adds_up(&self) -> bool {
+        self.received == self.assigned + self.released + self.abandoned
+    }
+
+    /// The Director's last log line: [`ACCOUNTING_PREFIX`] and every figure.
+    pub fn accounting_line(&self) -> String {
+        format!(
+            "{ACCOUNTING_PREFIX} {} matches received: {} assigned, {} released, {} abandoned to Open Match's pending-release timeout; {} empty matches skipped, {} tickets not found, {} orphaned game servers",
+            self.received,
+            self.assigned,
+            self.released,
+            self.abandoned,
+            self.skipped_empty,
+            self.tickets_not_found,
+            self.orphaned_game_servers,
+        )
+    }
+
+    /// The totals of an [`accounting_line`](Self::accounting_line) found in `line` (a log line
+    /// around it is fine); `None` when `line` holds none.
+    pub fn from_accounting_line(line: &str) -> Option<Totals> {
+        let (_, figures) = line.split_once(ACCOUNTING_PREFIX)?;
+        let n: Vec<u64> = figures
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [received, assigned, released, abandoned, skipped_empty, tickets_not_found, orphaned_game_servers] =
+            n[..]
+        else {
+            return None;
+        };
+        Some(Totals {
+            received,
+            assigned,
+            released,
+            abandoned,
+            skipped_empty,
+            tickets_not_found,
+            orphaned_game_servers,
+        })
+    }
 }
+
+/// How the accounting line starts.
+pub const ACCOUNTING_PREFIX: &str = "Director stopped:";
 
 /// What every pipeline thread shares.
 struct Shared {
@@ -201,6 +251,7 @@ pub fn run(
                 index,
                 Arc::clone(&region.clients),
                 region.rate_limit.clone(),
+                Arc::clone(&region.circuit),
                 Arc::clone(&shared),
                 shared.health.register(&thread, worker_limit),
             );
@@ -239,6 +290,8 @@ struct Region {
     clients: Arc<Versioned<AllocatorClients>>,
     /// ALLOCATE_RATE_LIMIT, shared by the region's workers.
     rate_limit: Option<Arc<RateLimit>>,
+    /// The region's circuit breaker, shared by its workers.
+    circuit: Arc<Circuit>,
 }
 
 /// Every region of the profiles, by name.
@@ -246,13 +299,23 @@ fn regions(config: &Config, shared: &Shared, profiles: &[Profile]) -> BTreeMap<S
     let mut regions = BTreeMap::new();
     for profile in profiles {
         regions.entry(profile.region.clone()).or_insert_with(|| {
-            let clients = allocator_clients(shared, &profile.region, &config.agones.tls);
+            let tls = &config.agones.target(&profile.region).tls;
+            let clients = allocator_clients(shared, &profile.region, tls);
+            shared
+                .metrics
+                .region_circuit_open
+                .set(&[&profile.region], 0);
+            let circuit = Arc::new(Circuit::default());
+            shared
+                .health
+                .allocator_circuit(&profile.region, Arc::clone(&circuit));
             Region {
                 queue: crossbeam_channel::bounded(config.queue_capacity),
                 clients: Arc::new(Versioned::new(clients)),
                 rate_limit: config
                     .allocate_rate_limit
                     .map(|rate| Arc::new(RateLimit::new(rate))),
+                circuit,
             }
         });
     }
@@ -260,10 +323,11 @@ fn regions(config: &Config, shared: &Shared, profiles: &[Profile]) -> BTreeMap<S
 }
 
 /// The long-lived channels to `region`'s allocator (ALLOCATOR_CONNECTIONS of them, each its own
-/// TLS connection carrying many concurrent calls), registered for readiness.
+/// TLS connection carrying many concurrent calls), with `material`, registered for readiness.
 fn allocator_clients(shared: &Shared, region: &str, material: &TlsMaterial) -> AllocatorClients {
+    let target = shared.agones.target(region);
     let channels: Vec<Channel> = (0..shared.allocator_connections)
-        .map(|_| allocator::connect(Arc::clone(&shared.env), &shared.agones, material))
+        .map(|_| allocator::connect(Arc::clone(&shared.env), target, material))
         .collect();
     shared.health.allocator_channels(region, channels.clone());
     channels.into_iter().map(AllocatorClient::new).collect()
@@ -302,6 +366,9 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
     }
 }
 
+/// A region's name and its allocator channels, renewed together after a certificate change.
+type RegionClients = (String, Arc<Versioned<AllocatorClients>>);
+
 /// Records certificate expiry and starts the watcher that reloads changed certificates: new
 /// Agones material gets every region new allocator channels, which workers take up from their
 /// next match.
@@ -310,22 +377,32 @@ fn start_certificate_watch(
     shared: &Arc<Shared>,
     regions: &BTreeMap<String, Region>,
 ) -> std::io::Result<()> {
-    rotation::record_expiry(&config.agones.tls, &shared.metrics);
-    let renew: Vec<(String, Arc<Versioned<AllocatorClients>>)> = regions
-        .iter()
-        .map(|(name, region)| (name.clone(), Arc::clone(&region.clients)))
-        .collect();
-    let agones_shared = Arc::clone(shared);
-    let mut watched = vec![Watched::new(
-        "agones",
-        &config.agones.tls,
-        move |material| {
+    let mut by_material: BTreeMap<Option<&Path>, Vec<RegionClients>> = BTreeMap::new();
+    for (name, region) in regions {
+        let tls_dir = config.agones.target(name).tls_dir.as_deref();
+        by_material
+            .entry(tls_dir)
+            .or_default()
+            .push((name.clone(), Arc::clone(&region.clients)));
+    }
+    let mut watched = Vec::new();
+    for (tls_dir, renew) in by_material {
+        let first_region = renew[0].0.clone();
+        let material = &config.agones.target(&first_region).tls;
+        rotation::record_expiry(material, &shared.metrics);
+        let endpoint = match tls_dir {
+            None => "agones".to_string(),
+            Some(_) => format!("agones-{first_region}"),
+        };
+        let agones_shared = Arc::clone(shared);
+        let what = endpoint.clone();
+        watched.push(Watched::new(endpoint, material, move |material| {
             for (region, clients) in &renew {
                 clients.replace(allocator_clients(&agones_shared, region, &material));
             }
-            log::info!("New allocator channels with the new Agones client certificate");
-        },
-    )];
+            log::info!("New allocator channels with the new client certificate of {what}");
+        }));
+    }
     if let Some(material) = &config.openmatch.tls {
         rotation::record_expiry(material, &shared.metrics);
         let (env, clients) = (Arc::clone(&shared.env), Arc::clone(&shared.openmatch));
@@ -333,10 +410,14 @@ fn start_certificate_watch(
             config.openmatch.backend.clone(),
             config.openmatch.match_function.clone(),
         );
-        watched.push(Watched::new("openmatch", material, move |material| {
-            let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
-            clients.replace(OpenMatchClient::new(channel, &function));
-        }));
+        watched.push(Watched::new(
+            "openmatch".to_string(),
+            material,
+            move |material| {
+                let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
+                clients.replace(OpenMatchClient::new(channel, &function));
+            },
+        ));
     }
     rotation::watch(
         watched,
@@ -354,7 +435,13 @@ fn operations_handler(shared: &Arc<Shared>) -> Arc<http::Handler> {
         Err(body) => Response::text(503, body),
     };
     Arc::new(move |path: &str| match path {
-        "/metrics" => Response::metrics(shared.metrics.render()),
+        "/metrics" => {
+            for (region, up) in shared.health.allocators() {
+                let up = u64::from(up.is_ok());
+                shared.metrics.allocator_up.set(&[&region], up);
+            }
+            Response::metrics(shared.metrics.render())
+        }
         "/healthz" => probe(shared.health.liveness()),
         "/readyz" => probe(shared.health.readiness()),
         _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n".into()),
@@ -421,5 +508,43 @@ fn release_matches(
             );
             Outcome::Abandoned
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accounting_line_reads_back_as_the_same_totals() {
+        let totals = Totals {
+            received: 120,
+            assigned: 100,
+            released: 15,
+            abandoned: 5,
+            skipped_empty: 2,
+            tickets_not_found: 3,
+            orphaned_game_servers: 4,
+        };
+        let logged = format!(
+            "[2026-11-29T05:00:00Z INFO  director] {}",
+            totals.accounting_line()
+        );
+        assert_eq!(Totals::from_accounting_line(&logged), Some(totals));
+        assert!(totals.adds_up());
+        let lost = Totals {
+            abandoned: 4,
+            ..totals
+        };
+        assert!(!lost.adds_up());
+    }
+
+    #[test]
+    fn a_line_without_every_figure_is_not_an_accounting_line() {
+        assert_eq!(Totals::from_accounting_line("Director started"), None);
+        assert_eq!(
+            Totals::from_accounting_line("Director stopped: 3 matches received: 3 assigned"),
+            None
+        );
     }
 }

@@ -12,6 +12,7 @@ use super::{
     release_and_count, release_matches, waited_past_queue_timeout, MatchJob, Outcome, Shared,
 };
 use crate::allocator::{self, AllocatorClient, GameServer};
+use crate::circuit::{Admission, Circuit, Transition};
 use crate::health::Heartbeat;
 use crate::openmatch::OpenMatchClient;
 use crate::proto::allocation::{AllocationRequest, AllocationResponse};
@@ -31,6 +32,7 @@ pub(super) struct Worker {
     index: usize,
     clients: Arc<Versioned<AllocatorClients>>,
     rate_limit: Option<Arc<RateLimit>>,
+    circuit: Arc<Circuit>,
     shared: Arc<Shared>,
     heartbeat: Arc<Heartbeat>,
     openmatch_generation: u64,
@@ -42,6 +44,7 @@ impl Worker {
         index: usize,
         clients: Arc<Versioned<AllocatorClients>>,
         rate_limit: Option<Arc<RateLimit>>,
+        circuit: Arc<Circuit>,
         shared: Arc<Shared>,
         heartbeat: Arc<Heartbeat>,
     ) -> Worker {
@@ -50,6 +53,7 @@ impl Worker {
             index,
             clients,
             rate_limit,
+            circuit,
             shared,
             heartbeat,
             openmatch_generation,
@@ -112,13 +116,20 @@ impl Worker {
         }
     }
 
-    /// One Allocate attempt, measured.
+    /// One Allocate attempt, measured; not sent while the region's circuit is open.
     fn allocate_once(
         &self,
         job: &MatchJob,
         request: &AllocationRequest,
         timeout: Duration,
     ) -> Result<AllocationResponse, RpcError> {
+        let region = job.profile.region.as_str();
+        if self.circuit.admit() == Admission::Refused {
+            return Err(RpcError::new(
+                RpcStatusCode::FAILED_PRECONDITION,
+                "not sent: the region's allocator failed repeatedly and its circuit is open",
+            ));
+        }
         self.wait_for_turn(job)?;
         let started = Instant::now();
         let (_, clients) = self.clients.current();
@@ -130,9 +141,22 @@ impl Worker {
             Ok(_) => "ok".to_string(),
             Err(error) => code_name(error.code),
         };
-        metrics
-            .allocations
-            .inc(&[job.profile.region.as_str(), &label]);
+        metrics.allocations.inc(&[region, &label]);
+        let failure = result.as_ref().err().map(|error| error.code);
+        match self.circuit.record(started, failure) {
+            Some(Transition::Opened(pause)) => {
+                metrics.region_circuit_open.set(&[region], 1);
+                log::warn!(
+                    "Circuit of region {region} open: its allocator keeps failing (last: {label}); its matches are released at once until a probe succeeds, next probe in {:.1}s",
+                    pause.as_secs_f64()
+                );
+            }
+            Some(Transition::Closed) => {
+                metrics.region_circuit_open.set(&[region], 0);
+                log::info!("Circuit of region {region} closed: its allocator answers again");
+            }
+            None => {}
+        }
         result
     }
 

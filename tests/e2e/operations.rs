@@ -3,16 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::symlink;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::RecvTimeoutError;
 
 use crate::director::{wait_until, Director};
 use crate::world::{stop, World, WAIT};
 use agones_openmatch_director::doubles::agones::Reply;
-use agones_openmatch_director::doubles::certs::{TestCa, Usage};
+use agones_openmatch_director::doubles::certs::{SecretVolume, TestCa, Usage};
+use agones_openmatch_director::doubles::hostile::{probe_within_a_second, HostileClients};
 use agones_openmatch_director::doubles::tls::ServerTls;
 use grpcio::RpcStatusCode;
 
@@ -136,6 +132,46 @@ fn metrics_count_what_the_doubles_saw() {
 }
 
 #[test]
+fn a_ca_bundle_with_a_certificate_whose_dates_cannot_be_read_is_used_and_its_expiry_is_unknown() {
+    let world = World::new();
+    let odd = TestCa::with_unreadable_names("an odd CA that signs nothing here");
+    world
+        .env
+        .dir
+        .write("ca.crt", world.pki.server_ca.pem() + &odd.pem());
+    let players = world.players("us-east-1", 4);
+    let director = world.env.start();
+    let address = operations_address(&director);
+    wait_until(WAIT, "all tickets assigned", || {
+        world.all_assigned(&players)
+    });
+    let cert = world.env.vars["AGONES_CA_CERT"].clone();
+    let warning = format!("Certificate #2 in {cert}: dates unknown (malformed DER)");
+    assert_eq!(
+        director.lines_with(&warning).len(),
+        1,
+        "{:#?}",
+        director.log()
+    );
+    let (_, metrics) = get(address, "/metrics");
+    let expiry = sample(
+        &metrics,
+        &format!("director_certificate_expiry_timestamp_seconds{{file=\"{cert}\"}}"),
+    );
+    assert!(expiry.is_nan(), "{expiry}");
+    let (code, report) = world.env.check();
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(&format!("ok    AGONES_CA_CERT {cert} #1: valid from "))
+            && report.contains(&format!(
+                "WARN  AGONES_CA_CERT {cert} #2: dates unknown (malformed DER)"
+            )),
+        "{report}"
+    );
+    stop(director);
+}
+
+#[test]
 fn readiness_follows_the_allocator_and_liveness_stays_ok() {
     let mut world = World::new();
     let director = world.env.start();
@@ -147,8 +183,8 @@ fn readiness_follows_the_allocator_and_liveness_stays_ok() {
     wait_until(WAIT, "not ready while the allocator is down", || {
         let (status, body) = get(address, "/readyz");
         status == 503
-            && body.contains("no region has a ready allocator connection: us-east-1 (")
-            && body.contains(", us-east-2 (")
+            && body.contains("no region can allocate: us-east-1: no connected channel [")
+            && body.contains("; us-east-2: no connected channel [")
     });
     assert_eq!(
         get(address, "/healthz"),
@@ -161,30 +197,6 @@ fn readiness_follows_the_allocator_and_liveness_stays_ok() {
     assert_eq!(get(address, "/healthz").0, 200);
     assert_eq!(get(address, "/nope").0, 404);
     stop(director);
-}
-
-/// A Kubernetes-style secret volume: `name -> ..data/name`, `..data -> ..<version>/`.
-struct SecretVolume<'a> {
-    dir: &'a Path,
-    version: usize,
-}
-
-impl SecretVolume<'_> {
-    /// Writes a new version of the files and swaps `..data` to it atomically.
-    fn publish(&mut self, files: &[(&str, &str)]) {
-        self.version += 1;
-        let version = format!("..v{}", self.version);
-        std::fs::create_dir(self.dir.join(&version)).unwrap();
-        for (name, contents) in files {
-            std::fs::write(self.dir.join(&version).join(name), contents).unwrap();
-            let link = self.dir.join(name);
-            if !link.exists() {
-                symlink(format!("..data/{name}"), link).unwrap();
-            }
-        }
-        symlink(&version, self.dir.join("..data_tmp")).unwrap();
-        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
-    }
 }
 
 #[test]
@@ -284,79 +296,6 @@ fn client_certificate_rotates_through_a_symlink_swap_without_losing_a_match() {
     stop(director);
 }
 
-/// 200 hostile connections to the operations port: silent ones, ones that send one byte a
-/// second, and ones that send an oversized head. They stay open until dropped.
-struct HostileClients {
-    silent: Vec<TcpStream>,
-    oversized: Vec<TcpStream>,
-    stop: crossbeam_channel::Sender<()>,
-    trickler: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HostileClients {
-    fn open(address: SocketAddr) -> HostileClients {
-        let connect = |_| TcpStream::connect(address).unwrap();
-        let silent: Vec<_> = (0..80).map(connect).collect();
-        let mut trickling: Vec<_> = (0..80).map(connect).collect();
-        let oversized: Vec<_> = (0..40)
-            .map(|i| {
-                let mut stream = connect(i);
-                let mut head = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
-                head.resize(64 * 1024, b'x');
-                let _ = stream.write_all(&head);
-                stream
-            })
-            .collect();
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let trickler = std::thread::spawn(move || {
-            while stopped.recv_timeout(Duration::from_secs(1)) == Err(RecvTimeoutError::Timeout) {
-                for stream in &mut trickling {
-                    let _ = stream.write_all(b"G");
-                }
-            }
-        });
-        HostileClients {
-            silent,
-            oversized,
-            stop,
-            trickler: Some(trickler),
-        }
-    }
-}
-
-impl Drop for HostileClients {
-    fn drop(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(trickler) = self.trickler.take() {
-            let _ = trickler.join();
-        }
-        self.silent.clear();
-        self.oversized.clear();
-    }
-}
-
-/// GETs `path` with one second to connect, send and read the whole answer; returns the status.
-fn probe_within_a_second(address: SocketAddr, path: &str) -> u16 {
-    let second = Duration::from_secs(1);
-    let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&address, second).unwrap();
-    stream.set_read_timeout(Some(second)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: kubelet\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .unwrap_or_else(|e| panic!("{path} did not answer within a second: {e}"));
-    assert!(
-        started.elapsed() < second,
-        "{path} took {:?}",
-        started.elapsed()
-    );
-    response
-        .get(9..12)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no HTTP answer: {response:?}"))
-}
-
 #[test]
 fn abusive_http_clients_affect_neither_matchmaking_nor_probes() {
     let world = World::new();
@@ -380,7 +319,7 @@ fn abusive_http_clients_affect_neither_matchmaking_nor_probes() {
         for path in ["/healthz", "/readyz", "/metrics"] {
             assert_eq!(
                 probe_within_a_second(address, path),
-                200,
+                Ok(200),
                 "{path}, round {round}"
             );
         }

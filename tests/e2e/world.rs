@@ -6,7 +6,7 @@ use crate::director::{wait_until, Director, DirectorEnv};
 pub use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION as MATCH_ID;
 use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator};
 use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};
-use agones_openmatch_director::pipeline::Totals;
+use agones_openmatch_director::pipeline::{Totals, ACCOUNTING_PREFIX};
 
 pub const REGIONS: [&str; 2] = ["us-east-1", "us-east-2"];
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -94,32 +94,11 @@ impl World {
 
 /// Reads the final accounting line and checks that assigned + released + abandoned = received.
 pub fn final_accounting(director: &Director) -> Totals {
-    let lines = director.lines_with("Director stopped:");
+    let lines = director.lines_with(ACCOUNTING_PREFIX);
     assert_eq!(lines.len(), 1, "one accounting line expected");
-    let n: Vec<u64> = lines[0]
-        .split_once("Director stopped:")
-        .unwrap()
-        .1
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(n.len(), 7, "{}", lines[0]);
-    let accounting = Totals {
-        received: n[0],
-        assigned: n[1],
-        released: n[2],
-        abandoned: n[3],
-        skipped_empty: n[4],
-        tickets_not_found: n[5],
-        orphaned_game_servers: n[6],
-    };
-    assert_eq!(
-        accounting.received,
-        accounting.assigned + accounting.released + accounting.abandoned,
-        "accounting adds up: {}",
-        lines[0]
-    );
+    let accounting = Totals::from_accounting_line(&lines[0])
+        .unwrap_or_else(|| panic!("not an accounting line: {}", lines[0]));
+    assert!(accounting.adds_up(), "accounting adds up: {}", lines[0]);
     accounting
 }
 

@@ -265,7 +265,7 @@ fn time_to_assignment(runs: usize) -> Row {
     };
     let run = || {
         let mut world = World::start(config.clone());
-        let (director, drain) = start_quietly(&world);
+        let (director, drain) = start_quietly(&mut world);
         let sim_started = sim_cpu();
         let players = 2000;
         let regions = world.config.regions.len() as u64;
@@ -340,7 +340,7 @@ fn profiles_scale(runs: usize, label: &str, regions: usize, bands: usize) -> Row
     };
     let run = || {
         let mut world = World::start(config.clone());
-        let (director, drain) = start_quietly(&world);
+        let (director, drain) = start_quietly(&mut world);
         let idle_window = Duration::from_secs(3);
         std::thread::sleep(Duration::from_secs(1));
         let before = director.cpu_time();
@@ -387,13 +387,13 @@ fn backlog(config: WorldConfig, matches: usize, latencies: &[f64]) -> Measured {
         let latency = latencies[group / regions % latencies.len()];
         world.add_player_only_near(group % regions, latency);
     }
-    let (director, drain) = start_quietly(&world);
+    let (director, drain) = start_quietly(&mut world);
     let sim_started = sim_cpu();
     finish(&world, director, drain, matches, None, sim_started)
 }
 
 /// Starts the Director with warnings only, draining its log so that it never blocks on the pipe.
-fn start_quietly(world: &World) -> (DirectorProcess, std::thread::JoinHandle<()>) {
+fn start_quietly(world: &mut World) -> (DirectorProcess, std::thread::JoinHandle<()>) {
     let mut director = world.start_director("warn");
     let log = director.log_lines();
     let drain = std::thread::spawn(move || log.for_each(drop));

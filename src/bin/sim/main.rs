@@ -1,4 +1,4 @@
-//! `sim`: the Director's world on one machine, for `make demo` and `make bench`.
+//! `sim`: the Director's world on one machine, for `make demo`, `make bench` and `make soak`.
 //!
 //! It starts the same in-process gRPC doubles of the Open Match backend and the Agones allocator
 //! that the end-to-end tests use (mTLS certificates generated on the spot), feeds players into
@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod soak;
 mod world;
 
 use std::process::ExitCode;
@@ -16,14 +17,16 @@ const USAGE: &str = "usage:
   sim demo [--duration SECS] [--arrival-rate PLAYERS_PER_SEC] [--fleet GAME_SERVERS_PER_REGION]
            [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
            [--regions A,B] [--threads N]
-  sim bench [--quick | --only SCENARIO]";
+  sim bench [--quick | --only SCENARIO]
+  sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::Options::parse(&args[1..]).map(demo::run),
         Some("bench") => bench::Options::parse(&args[1..]).map(bench::run),
-        _ => Err("expected demo or bench".to_string()),
+        Some("soak") => soak::Options::parse(&args[1..]).map(soak::run),
+        _ => Err("expected demo, bench or soak".to_string()),
     };
     match result {
         Ok(code) => code,

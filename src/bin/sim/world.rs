@@ -6,7 +6,7 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator, Fleet};
-use agones_openmatch_director::doubles::certs::TempDir;
+use agones_openmatch_director::doubles::certs::{SecretVolume, TempDir};
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
 /// What the world looks like and how the Director is run in it.
@@ -25,7 +25,14 @@ pub struct WorldConfig {
     pub allocate_rate_limit: Option<f64>,
     pub interval: Duration,
     pub pending_release_timeout: Duration,
+    /// Whether the Director serves its operations port (on a free port, see its log).
+    pub operations_port: bool,
 }
+
+/// The Director's SHUTDOWN_TIMEOUT in the simulation.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Director's ASSIGN_TIMEOUT in the simulation.
+pub const ASSIGN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for WorldConfig {
     fn default() -> Self {
@@ -41,6 +48,7 @@ impl Default for WorldConfig {
             allocate_rate_limit: None,
             interval: Duration::from_millis(250),
             pending_release_timeout: Duration::from_secs(60),
+            operations_port: false,
         }
     }
 }
@@ -52,6 +60,7 @@ pub struct World {
     pub allocator: FakeAllocator,
     dir: TempDir,
     pki: AgonesPki,
+    client_certificate_versions: usize,
     random: u64,
 }
 
@@ -83,6 +92,7 @@ impl World {
             allocator,
             dir: TempDir::new("sim"),
             pki,
+            client_certificate_versions: 0,
             random: 0x2545_F491_4F6C_DD1D,
         }
     }
@@ -126,6 +136,11 @@ impl World {
         self.om.add_ticket(&args, &["mode.session"])
     }
 
+    /// A pseudo-random number below `n` (n > 0).
+    pub fn random_below(&mut self, n: u64) -> u64 {
+        self.next_random() % n
+    }
+
     fn next_random(&mut self) -> u64 {
         self.random ^= self.random << 13;
         self.random ^= self.random >> 7;
@@ -133,12 +148,26 @@ impl World {
         self.random
     }
 
-    /// Starts the `director` binary that sits next to this one, pointed at the doubles.
-    pub fn start_director(&self, rust_log: &str) -> DirectorProcess {
+    /// Publishes a new client certificate and key the way the kubelet updates a mounted Secret
+    /// (the first call creates the volume).
+    pub fn rotate_client_certificate(&mut self) {
+        let volume_dir = self.dir.path().join("agones-tls");
+        std::fs::create_dir_all(&volume_dir).expect("create the client certificate volume");
         let client = self.pki.client();
+        let mut volume = SecretVolume {
+            dir: &volume_dir,
+            version: self.client_certificate_versions,
+        };
+        volume.publish(&[("tls.crt", &client.cert_pem), ("tls.key", &client.key_pem)]);
+        self.client_certificate_versions = volume.version;
+    }
+
+    /// Starts the `director` binary that sits next to this one, pointed at the doubles.
+    pub fn start_director(&mut self, rust_log: &str) -> DirectorProcess {
         let ca = self.dir.write("ca.crt", self.pki.server_ca.pem());
-        let cert = self.dir.write("tls.crt", client.cert_pem);
-        let key = self.dir.write("tls.key", client.key_pem);
+        self.rotate_client_certificate();
+        let cert = self.dir.path().join("agones-tls/tls.crt");
+        let key = self.dir.path().join("agones-tls/tls.key");
         let binary = std::env::current_exe()
             .expect("own path")
             .with_file_name("director");
@@ -159,8 +188,15 @@ impl World {
             .env("INTERVAL", format!("{}ms", c.interval.as_millis()))
             .env("ALLOCATE_TIMEOUT", "2s")
             .env("ALLOCATE_RETRY_BUDGET", "5s")
-            .env("SHUTDOWN_TIMEOUT", "10s")
-            .env("METRICS_ADDR", "")
+            .env(
+                "SHUTDOWN_TIMEOUT",
+                format!("{}s", SHUTDOWN_TIMEOUT.as_secs()),
+            )
+            .env("ASSIGN_TIMEOUT", format!("{}s", ASSIGN_TIMEOUT.as_secs()))
+            .env(
+                "METRICS_ADDR",
+                if c.operations_port { "127.0.0.1:0" } else { "" },
+            )
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -197,11 +233,20 @@ impl DirectorProcess {
 
     /// Peak resident memory (VmHWM) in KiB, from /proc/PID/status.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS) in KiB, from /proc/PID/status.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
@@ -211,6 +256,11 @@ impl DirectorProcess {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Whether it has exited.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the exit; returns the exit code.

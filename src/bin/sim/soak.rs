@@ -1,0 +1,385 @@
+//! `sim soak`: the Director for some minutes against the doubles, under random faults (allocator
+//! UNAVAILABLE, hangs and resets, Open Match restarts, certificate rotations, slow HTTP clients),
+//! then SIGTERM. It fails when the accounting does not add up, a ticket is assigned twice or to a
+//! game server of another region, a probe does not answer within a second, RSS grows by more than
+//! 10 % after the first minute, or the Director outlives its shutdown bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::world::{DirectorProcess, World, WorldConfig, ASSIGN_TIMEOUT, SHUTDOWN_TIMEOUT};
+use crate::{flag_value, seconds};
+use agones_openmatch_director::doubles::hostile::{probe_within_a_second, HostileClients};
+use agones_openmatch_director::doubles::openmatch::TicketStatus;
+use agones_openmatch_director::pipeline::{Totals, ACCOUNTING_PREFIX};
+
+/// Soak settings.
+pub struct Options {
+    duration: Duration,
+    arrival_rate: f64,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut options = Options {
+            duration: Duration::from_secs(600),
+            arrival_rate: 100.0,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            match flag.as_str() {
+                "--minutes" => {
+                    options.duration = seconds(60.0 * flag_value::<f64>(flag, args.next())?)
+                }
+                "--arrival-rate" => options.arrival_rate = flag_value(flag, args.next())?,
+                other => return Err(format!("unknown flag {other}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// A fault the soak injects; each lasts until the next one starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Fault {
+    /// One region's allocator answers UNAVAILABLE to every call.
+    AllocatorUnavailable,
+    /// One region's allocator answers no call before the Director's deadline.
+    AllocatorHang,
+    /// The allocator restarts: its connections are reset.
+    AllocatorReset,
+    /// Open Match restarts: streams and calls in flight are cut.
+    OpenMatchRestart,
+    /// A new client certificate is published through a `..data` swap.
+    CertificateRotation,
+    /// 200 silent, trickling and oversized HTTP clients hold the operations port.
+    SlowHttpClients,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::AllocatorUnavailable,
+    Fault::AllocatorHang,
+    Fault::AllocatorReset,
+    Fault::OpenMatchRestart,
+    Fault::CertificateRotation,
+    Fault::SlowHttpClients,
+];
+
+/// How long each fault lasts before the next one.
+const FAULT_PERIOD: Duration = Duration::from_secs(5);
+
+/// The fault in force, and what it holds.
+struct Injector {
+    counts: HashMap<Fault, usize>,
+    hostile: Option<HostileClients>,
+}
+
+impl Injector {
+    /// Ends the current fault and starts a random one.
+    fn next(&mut self, world: &mut World, operations: SocketAddr) {
+        self.end(world);
+        let fault = FAULTS[world.random_below(FAULTS.len() as u64) as usize];
+        let which = world.random_below(world.config.regions.len() as u64) as usize;
+        let region = world.config.regions[which].clone();
+        match fault {
+            Fault::AllocatorUnavailable => {
+                let mut allocator = world.allocator.state();
+                allocator
+                    .failing_regions
+                    .insert(region, grpcio::RpcStatusCode::UNAVAILABLE);
+            }
+            Fault::AllocatorHang => {
+                let mut allocator = world.allocator.state();
+                allocator
+                    .hanging_regions
+                    .insert(region, Duration::from_secs(60));
+            }
+            Fault::AllocatorReset => world.allocator.restart(),
+            Fault::OpenMatchRestart => world.om.restart(),
+            Fault::CertificateRotation => world.rotate_client_certificate(),
+            Fault::SlowHttpClients => self.hostile = Some(HostileClients::open(operations)),
+        }
+        *self.counts.entry(fault).or_default() += 1;
+    }
+
+    /// Ends the fault in force.
+    fn end(&mut self, world: &mut World) {
+        let mut allocator = world.allocator.state();
+        allocator.failing_regions.clear();
+        allocator.hanging_regions.clear();
+        self.hostile = None;
+    }
+
+    fn summary(&self) -> String {
+        FAULTS
+            .iter()
+            .map(|f| format!("{f:?} {}", self.counts.get(f).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What the soak watches in the Director's log: its operations address and accounting line.
+#[derive(Default)]
+struct LogWatch {
+    operations: Option<SocketAddr>,
+    accounting: Option<String>,
+    errors: usize,
+}
+
+fn watch_log(director: &mut DirectorProcess) -> Arc<Mutex<LogWatch>> {
+    let watch = Arc::new(Mutex::new(LogWatch::default()));
+    let lines = director.log_lines();
+    let shared = Arc::clone(&watch);
+    std::thread::spawn(move || {
+        for line in lines {
+            let mut watch = shared.lock().unwrap();
+            if let Some((_, address)) = line.split_once("Serving /metrics") {
+                watch.operations = address
+                    .rsplit("http://")
+                    .next()
+                    .and_then(|a| a.trim().parse().ok());
+            }
+            if line.contains(ACCOUNTING_PREFIX) {
+                watch.accounting = Some(line.clone());
+            }
+            if line.contains(" ERROR ") {
+                watch.errors += 1;
+            }
+        }
+    });
+    watch
+}
+
+/// Figures of the run, and the checks it failed.
+#[derive(Default)]
+struct Findings {
+    failures: Vec<String>,
+}
+
+impl Findings {
+    fn check(&mut self, ok: bool, failure: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(failure());
+        }
+    }
+}
+
+pub fn run(options: Options) -> ExitCode {
+    let config = WorldConfig {
+        fleet_per_region: 1_000,
+        session: Duration::from_secs(20),
+        operations_port: true,
+        ..WorldConfig::default()
+    };
+    let mut world = World::start(config);
+    world.allocator.state().keep_requests = true;
+    world.om.state().keep_requests = true;
+    let mut director = world.start_director("info,grpcio=warn");
+    let log = watch_log(&mut director);
+    let Some(operations) = wait_for(Duration::from_secs(10), || log.lock().unwrap().operations)
+    else {
+        eprintln!("soak: the Director did not serve its operations port within 10 s");
+        return ExitCode::FAILURE;
+    };
+    let baseline_at = Duration::from_secs(60).min(options.duration / 2);
+    eprintln!(
+        "soak: {:.1} min, {} players/s, a random fault every {FAULT_PERIOD:?}; RSS baseline after {baseline_at:?}",
+        options.duration.as_secs_f64() / 60.0,
+        options.arrival_rate
+    );
+    let mut findings = Findings::default();
+    let mut injector = Injector {
+        counts: HashMap::new(),
+        hostile: None,
+    };
+    let started = Instant::now();
+    let (mut owed, mut baseline_rss, mut probes, mut probe_failures) = (0.0, None, 0, 0);
+    let (mut last_fault, mut last_second) = (started, started);
+    while started.elapsed() < options.duration {
+        std::thread::sleep(Duration::from_millis(50));
+        owed += options.arrival_rate * 0.05;
+        while owed >= 1.0 {
+            world.add_player();
+            owed -= 1.0;
+        }
+        if last_second.elapsed() >= Duration::from_secs(1) {
+            last_second = Instant::now();
+            probes += 1;
+            if let Err(problem) = probe_within_a_second(operations, "/healthz") {
+                probe_failures += 1;
+                eprintln!("soak: probe failed: {problem}");
+            }
+            if baseline_rss.is_none() && started.elapsed() >= baseline_at {
+                baseline_rss = Some(director.rss_kib());
+            }
+        }
+        if last_fault.elapsed() >= FAULT_PERIOD {
+            last_fault = Instant::now();
+            injector.next(&mut world, operations);
+        }
+    }
+    injector.end(&mut world);
+    let end_rss = director.rss_kib();
+    let baseline_rss = baseline_rss.unwrap_or(end_rss);
+
+    director.terminate();
+    let terminated = Instant::now();
+    let bound = SHUTDOWN_TIMEOUT + ASSIGN_TIMEOUT + Duration::from_secs(1);
+    let exited = wait_for(bound + Duration::from_secs(10), || {
+        director.has_exited().then_some(())
+    });
+    let shutdown = terminated.elapsed();
+    let code = if exited.is_some() {
+        director.wait()
+    } else {
+        None
+    };
+    drop(director);
+    findings.check(shutdown <= bound, || {
+        format!("shutdown took {shutdown:.1?}, over its bound of {bound:?}")
+    });
+    findings.check(code == Some(0), || format!("exit code {code:?}"));
+    findings.check(probe_failures == 0, || {
+        format!("{probe_failures} of {probes} /healthz probes did not answer within a second")
+    });
+    let growth = end_rss as f64 / baseline_rss.max(1) as f64 - 1.0;
+    findings.check(growth <= 0.10, || {
+        format!(
+            "RSS grew {:.1} % (from {baseline_rss} KiB to {end_rss} KiB)",
+            growth * 100.0
+        )
+    });
+
+    let accounting = log.lock().unwrap().accounting.clone();
+    let totals = accounting.as_deref().and_then(Totals::from_accounting_line);
+    findings.check(totals.is_some_and(|t| t.adds_up()), || {
+        format!("the accounting line is missing or does not add up: {accounting:?}")
+    });
+    check_assignments(&world, totals.unwrap_or_default(), &mut findings);
+
+    let om = world.om.state();
+    eprintln!(
+        "soak: {:.1} min; {} players, {} matches streamed, {} Allocate calls; faults: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        om.tickets.len(),
+        om.matches.len(),
+        world.allocator.state().calls,
+        injector.summary()
+    );
+    eprintln!(
+        "soak: {}; {} ERROR lines",
+        accounting.unwrap_or_default().trim(),
+        log.lock().unwrap().errors
+    );
+    eprintln!(
+        "soak: RSS {baseline_rss} KiB after {baseline_at:?}, {end_rss} KiB at the end ({:+.1} %); /healthz {probes} probes, {probe_failures} slow; shutdown {shutdown:.2?} (bound {bound:?}), exit code {code:?}",
+        growth * 100.0
+    );
+    if findings.failures.is_empty() {
+        eprintln!("soak: PASS");
+        ExitCode::SUCCESS
+    } else {
+        for failure in &findings.failures {
+            eprintln!("soak: FAIL {failure}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Every ticket assigned once, to a game server allocated for its match in the match's region;
+/// every match the double streamed accounted for; nothing left to the pending-release timeout
+/// except what the Director counted as abandoned.
+fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
+    let om = world.om.state();
+    let allocator = world.allocator.state();
+    let mut allocations: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    for a in &allocator.allocated {
+        allocations
+            .entry(a.match_id.as_str())
+            .or_default()
+            .push((a.region.as_str(), a.connection.as_str()));
+    }
+    let mut latest_match: HashMap<&str, (&str, Instant)> = HashMap::new();
+    for (id, issued) in &om.matches {
+        for ticket in &issued.ticket_ids {
+            let entry = latest_match
+                .entry(ticket)
+                .or_insert((id, issued.streamed_at));
+            if issued.streamed_at > entry.1 {
+                *entry = (id, issued.streamed_at);
+            }
+        }
+    }
+    let region_of = |profile: &str| {
+        world
+            .config
+            .regions
+            .iter()
+            .find(|r| profile.starts_with(&format!("latency-{r}-")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (mut twice, mut wrong_region, mut pending) = (0, 0, 0);
+    for ticket in &om.tickets {
+        match &ticket.status {
+            TicketStatus::Assigned { connection, times } => {
+                twice += usize::from(*times > 1);
+                let Some((match_id, _)) = latest_match.get(ticket.id.as_str()) else {
+                    wrong_region += 1;
+                    continue;
+                };
+                let region = region_of(&om.matches[*match_id].profile);
+                let allocated_here = allocations
+                    .get(match_id)
+                    .is_some_and(|list| list.iter().any(|(r, c)| *r == region && c == connection));
+                wrong_region += usize::from(!allocated_here);
+            }
+            TicketStatus::Pending => pending += 1,
+            TicketStatus::Available => {}
+        }
+    }
+    findings.check(twice == 0, || {
+        format!("{twice} tickets assigned more than once")
+    });
+    findings.check(wrong_region == 0, || {
+        format!("{wrong_region} tickets assigned a game server not allocated for their match in its region")
+    });
+    findings.check(om.matches.len() as u64 == totals.received, || {
+        format!(
+            "Open Match streamed {} matches, the Director received {}",
+            om.matches.len(),
+            totals.received
+        )
+    });
+    findings.check(om.timed_out == 0, || {
+        format!(
+            "{} tickets were returned by Open Match's pending-release timeout",
+            om.timed_out
+        )
+    });
+    let abandoned_tickets = totals.abandoned * 4;
+    findings.check(pending as u64 <= abandoned_tickets, || {
+        format!(
+            "{pending} tickets left pending, but only {} abandoned matches counted",
+            totals.abandoned
+        )
+    });
+}
+
+/// Polls `ready` every 10 ms until it gives a value or `timeout` passes.
+fn wait_for<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
