@@ -1,7 +1,8 @@
 //! Runs the real `director` binary as a subprocess and watches its log.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use agones_openmatch_director::doubles::agones::AgonesPki;
 use agones_openmatch_director::doubles::certs::TempDir;
+
+use crate::world::WAIT;
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
@@ -219,4 +222,37 @@ impl Drop for Director {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address of the Director's operations listener, from its start-up log.
+pub fn operations_address(director: &Director) -> SocketAddr {
+    director.wait_for_log("Serving /metrics", WAIT);
+    let line = director.lines_with("Serving /metrics").remove(0);
+    line.rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// GETs `path`; returns the status code and the body.
+pub fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: director\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .parse()
+        .unwrap()
 }

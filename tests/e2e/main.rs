@@ -12,3 +12,4 @@ mod failures;
 mod image;
 mod operations;
 mod pipeline;
+mod regions;

@@ -2,48 +2,15 @@
 //! through a Kubernetes-style `..data` symlink swap, and the HTTP listener under abuse.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 
-use crate::director::{wait_until, Director};
+use crate::director::{get, operations_address, sample, wait_until};
 use crate::world::{stop, World, WAIT};
 use agones_openmatch_director::doubles::agones::Reply;
 use agones_openmatch_director::doubles::certs::{SecretVolume, TestCa, Usage};
 use agones_openmatch_director::doubles::hostile::{probe_within_a_second, HostileClients};
 use agones_openmatch_director::doubles::tls::ServerTls;
 use grpcio::RpcStatusCode;
-
-/// The address of the Director's operations listener, from its start-up log.
-fn operations_address(director: &Director) -> SocketAddr {
-    director.wait_for_log("Serving /metrics", WAIT);
-    let line = director.lines_with("Serving /metrics").remove(0);
-    line.rsplit("http://")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// GETs `path`; returns the status code and the body.
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: director\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn metrics_count_what_the_doubles_saw() {
