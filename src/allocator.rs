@@ -7,8 +7,7 @@ use grpcio::{CallOption, Channel, Environment, RpcStatusCode};
 
 use crate::config::{host_port, is_label_value, AgonesConfig, AllocatorTarget};
 use crate::proto::allocation::{
-    AllocationRequest, AllocationResponse, GameServerSelector, LabelSelector, MetaPatch,
-    MultiClusterSetting,
+    AllocationRequest, AllocationResponse, GameServerSelector, LabelSelector, MultiClusterSetting,
 };
 use crate::proto::allocation_grpc::AllocationServiceClient;
 use crate::rpc::{channel_builder, RpcError};
@@ -82,19 +81,47 @@ impl AllocatorClient {
     }
 }
 
-/// The request for one match: the region's selector, namespace, multi-cluster flag (with the
-/// region's policy label, if configured), and metadata that lets a game server allocated by a
-/// lost response be traced back to its match.
+/// The request for one match: ALLOCATION_REQUEST_FILE's request if there is one, with the
+/// region's label added to every selector (to one selector when it has none); the namespace and
+/// multi-cluster setting (with the region's policy label, if configured) unless the file sets
+/// them; and metadata that lets a game server allocated by a lost response be traced back to its
+/// match.
 pub fn allocation_request(
     config: &AgonesConfig,
     region: &str,
     profile_name: &str,
     match_id: &str,
 ) -> AllocationRequest {
-    let mut selector = GameServerSelector::new();
-    selector
-        .mut_matchLabels()
-        .insert(config.region_label.clone(), region.to_string());
+    let mut request = config.request_template.clone().unwrap_or_default();
+    if request.get_gameServerSelectors().is_empty() {
+        request
+            .mut_gameServerSelectors()
+            .push(GameServerSelector::new());
+    }
+    for selector in request.mut_gameServerSelectors().iter_mut() {
+        selector
+            .mut_matchLabels()
+            .insert(config.region_label.clone(), region.to_string());
+    }
+    if request.get_namespace().is_empty() {
+        request.set_namespace(config.namespace.clone());
+    }
+    if !request.has_multiClusterSetting() {
+        request.set_multiClusterSetting(multicluster_setting(config, region));
+    }
+    let metadata = request.mut_metadata();
+    metadata
+        .mut_annotations()
+        .insert(MATCH_ID_ANNOTATION.to_string(), match_id.to_string());
+    metadata
+        .mut_labels()
+        .insert(PROFILE_LABEL.to_string(), label_value(profile_name));
+    request
+}
+
+/// Multi-cluster allocation as `region`'s allocator is configured, with only the region's
+/// policies (AGONES_POLICY_LABEL) when it is on.
+fn multicluster_setting(config: &AgonesConfig, region: &str) -> MultiClusterSetting {
     let mut multicluster = MultiClusterSetting::new();
     multicluster.set_enabled(config.target(region).multicluster);
     if let (true, Some(label)) = (multicluster.get_enabled(), &config.policy_label) {
@@ -104,19 +131,7 @@ pub fn allocation_request(
             .insert(label.clone(), region.to_string());
         multicluster.set_policySelector(policies);
     }
-    let mut metadata = MetaPatch::new();
-    metadata
-        .mut_annotations()
-        .insert(MATCH_ID_ANNOTATION.to_string(), match_id.to_string());
-    metadata
-        .mut_labels()
-        .insert(PROFILE_LABEL.to_string(), label_value(profile_name));
-    let mut request = AllocationRequest::new();
-    request.set_namespace(config.namespace.clone());
-    request.set_multiClusterSetting(multicluster);
-    request.mut_gameServerSelectors().push(selector);
-    request.set_metadata(metadata);
-    request
+    multicluster
 }
 
 /// `text` made into a valid Kubernetes label value: other characters become `-`, at most 63
@@ -228,6 +243,7 @@ mod tests {
             region_label: "topology/region".into(),
             policy_label: None,
             port_name: "default".into(),
+            request_template: None,
         }
     }
 
@@ -257,6 +273,56 @@ mod tests {
         assert_eq!(metadata.get_annotations()[MATCH_ID_ANNOTATION], "m-1");
         assert_eq!(metadata.get_labels()[PROFILE_LABEL], "latency-eu-west-0-24");
         assert!(!request.get_multiClusterSetting().has_policySelector());
+    }
+
+    #[test]
+    fn the_request_file_is_merged_with_the_region_and_the_match() {
+        let template = crate::request_template::parse(
+            r#"{"gameServerSelectors": [
+                    {"gameServerState": "ALLOCATED", "counters": {"rooms": {"minAvailable": 1}}},
+                    {"matchLabels": {"agones.dev/fleet": "arena"}}
+                ],
+                "metadata": {"labels": {"tier": "gold"}}}"#,
+        )
+        .unwrap();
+        let config = AgonesConfig {
+            request_template: Some(template.clone()),
+            ..agones_config()
+        };
+        let request = allocation_request(&config, "eu-west", "p", "m-1");
+        for selector in request.get_gameServerSelectors() {
+            assert_eq!(selector.get_matchLabels()["topology/region"], "eu-west");
+        }
+        let fleet = &request.get_gameServerSelectors()[1];
+        assert_eq!(fleet.get_matchLabels()["agones.dev/fleet"], "arena");
+        assert_eq!(
+            request.get_gameServerSelectors()[0].get_counters(),
+            template.get_gameServerSelectors()[0].get_counters()
+        );
+        assert_eq!(request.get_namespace(), "games");
+        assert!(request.get_multiClusterSetting().get_enabled());
+        let metadata = request.get_metadata();
+        assert_eq!(metadata.get_labels()["tier"], "gold");
+        assert_eq!(metadata.get_labels()[PROFILE_LABEL], "p");
+        assert_eq!(metadata.get_annotations()[MATCH_ID_ANNOTATION], "m-1");
+    }
+
+    #[test]
+    fn namespace_and_multicluster_of_the_request_file_win() {
+        let template = crate::request_template::parse(
+            r#"{"namespace": "arena", "multiClusterSetting": {"enabled": false}}"#,
+        )
+        .unwrap();
+        let config = AgonesConfig {
+            request_template: Some(template),
+            policy_label: Some("region".into()),
+            ..agones_config()
+        };
+        let request = allocation_request(&config, "eu-west", "p", "m-1");
+        assert_eq!(request.get_namespace(), "arena");
+        assert!(!request.get_multiClusterSetting().get_enabled());
+        assert!(!request.get_multiClusterSetting().has_policySelector());
+        assert_eq!(request.get_gameServerSelectors().len(), 1);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::proto::allocation::AllocationRequest;
+use crate::request_template;
 use crate::tls::{self, TlsMaterial};
 
 /// Where a gRPC server listens.
@@ -93,6 +95,8 @@ pub struct AgonesConfig {
     pub policy_label: Option<String>,
     /// Name of the game server port that goes into the connection string.
     pub port_name: String,
+    /// ALLOCATION_REQUEST_FILE, parsed: merged into every request.
+    pub request_template: Option<AllocationRequest>,
 }
 
 impl AgonesConfig {
@@ -425,13 +429,42 @@ fn read_agones(r: &mut Reader, regions: &[String]) -> Option<AgonesConfig> {
         }
     }
     let port_name = r.string("GAMESERVER_PORT_NAME", "default");
+    let request_template = read_request_template(r);
     complete.then_some(AgonesConfig {
         targets,
         namespace,
         region_label,
         policy_label,
         port_name,
+        request_template: request_template?,
     })
+}
+
+/// `ALLOCATION_REQUEST_FILE` (optional): the path of a JSON AllocationRequest; each problem is
+/// reported with its JSON path.
+fn read_request_template(r: &mut Reader) -> Option<Option<AllocationRequest>> {
+    let Some(path) = r.optional("ALLOCATION_REQUEST_FILE") else {
+        return Some(None);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            r.problem(
+                "ALLOCATION_REQUEST_FILE",
+                &format!("cannot read {path}: {e}"),
+            );
+            return None;
+        }
+    };
+    match request_template::parse(&text) {
+        Ok(template) => Some(Some(template)),
+        Err(problems) => {
+            for problem in problems {
+                r.problem("ALLOCATION_REQUEST_FILE", &format!("{path}: {problem}"));
+            }
+            None
+        }
+    }
 }
 
 /// Reads an optional `region=value,region=value` variable: every region must be one of `regions`

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod profiles;
 pub mod proto;
 pub mod ratelimit;
+pub mod request_template;
 pub mod retry;
 pub mod rotation;
 pub mod rpc;

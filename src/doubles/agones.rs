@@ -139,6 +139,9 @@ pub struct AgonesState {
     pub error_rate: f64,
     /// Whether to record every request (tests) or only count them (long simulations).
     pub keep_requests: bool,
+    /// Whether every allocation returns the same game server, as a high-density server that
+    /// hosts many matches does (an `ALLOCATED` selector finds it again and again).
+    pub one_game_server: bool,
     random: u64,
 }
 
@@ -336,7 +339,9 @@ impl Allocator {
         if let Reply::Fail(code) = reply {
             return (reply, Err(RpcStatus::with_message(code, "injected".into())));
         }
+        let one_game_server = state.one_game_server;
         let number = match &mut state.fleet {
+            None if one_game_server => 1,
             None => state.allocated.len() + 1,
             Some(fleet) => match fleet.allocate(&region) {
                 Some(index) => index + 1,

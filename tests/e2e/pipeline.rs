@@ -10,8 +10,13 @@ use agones_openmatch_director::allocator::{MATCH_ID_ANNOTATION, PROFILE_LABEL};
 use agones_openmatch_director::doubles::certs::{TestCa, Usage};
 use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};
 use agones_openmatch_director::doubles::tls::ServerTls;
+use agones_openmatch_director::proto::allocation::{
+    AllocationRequest, CounterAction, CounterSelector, GameServerSelector,
+    GameServerSelector_GameServerState, MultiClusterSetting, Priority, Priority_Type,
+};
 use agones_openmatch_director::proto::backend::FunctionConfig_Type;
 use grpcio::RpcStatusCode;
+use protobuf::well_known_types::{Int64Value, StringValue};
 
 #[test]
 fn assigns_every_ticket_once_in_its_region_then_drains_on_sigterm() {
@@ -225,4 +230,93 @@ fn open_match_over_mutual_tls() {
     wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
     assert!(!director.lines_with("(mTLS), match function").is_empty());
     stop(director);
+}
+
+/// ALLOCATION_REQUEST_FILE, high density: Allocated game servers with a free room first, the
+/// fullest first, one room taken per match. The allocator double receives exactly that request,
+/// merged with the region, namespace, multi-cluster flag and the match's metadata; the same game
+/// server comes back for every match, and every match is assigned it.
+#[test]
+fn the_allocation_request_file_shapes_every_request_and_one_server_hosts_many_matches() {
+    let mut world = World::new();
+    let file = world.env.dir.write(
+        "allocation-request.json",
+        r#"{
+            "gameServerSelectors": [
+                {"gameServerState": "ALLOCATED", "counters": {"rooms": {"minAvailable": "1"}}},
+                {"gameServerState": "READY"}
+            ],
+            "priorities": [{"type": "Counter", "key": "rooms", "order": "Ascending"}],
+            "counters": {"rooms": {"action": "Increment", "amount": "1"}}
+        }"#,
+    );
+    world
+        .env
+        .set("ALLOCATION_REQUEST_FILE", file.display().to_string());
+    world.allocator.state().one_game_server = true;
+    let tickets = world.players("us-east-1", 12);
+    let director = world.env.start();
+    wait_until(WAIT, "every ticket assigned", || {
+        world.all_assigned(&tickets)
+    });
+    stop(director);
+
+    let state = world.allocator.state();
+    assert_eq!(state.requests.len(), 3);
+    for received in &state.requests {
+        let match_id = received.get_metadata().get_annotations()[MATCH_ID_ANNOTATION].clone();
+        assert_eq!(received, &high_density_request(&match_id), "{received:#?}");
+    }
+    let om = world.om.state();
+    for ticket in &tickets {
+        assert_eq!(
+            om.ticket(ticket).status,
+            TicketStatus::Assigned {
+                connection: "127.0.0.1:7001".into(),
+                times: 1
+            }
+        );
+    }
+}
+
+/// What the allocator must receive for `match_id` of profile latency-us-east-1-0-49, built here
+/// field by field, independently of the Director's JSON reader.
+fn high_density_request(match_id: &str) -> AllocationRequest {
+    let mut request = AllocationRequest::new();
+    request.set_namespace("game-servers".into());
+    let mut multicluster = MultiClusterSetting::new();
+    multicluster.set_enabled(true);
+    request.set_multiClusterSetting(multicluster);
+    let mut allocated = GameServerSelector::new();
+    allocated.set_gameServerState(GameServerSelector_GameServerState::ALLOCATED);
+    let mut free_room = CounterSelector::new();
+    free_room.set_minAvailable(1);
+    allocated.mut_counters().insert("rooms".into(), free_room);
+    let ready = GameServerSelector::new();
+    for mut selector in [allocated, ready] {
+        selector
+            .mut_matchLabels()
+            .insert("region".into(), "us-east-1".into());
+        request.mut_gameServerSelectors().push(selector);
+    }
+    let mut priority = Priority::new();
+    priority.set_field_type(Priority_Type::Counter);
+    priority.set_key("rooms".into());
+    request.mut_priorities().push(priority);
+    let mut take_a_room = CounterAction::new();
+    let mut increment = StringValue::new();
+    increment.set_value("Increment".into());
+    take_a_room.set_action(increment);
+    let mut one = Int64Value::new();
+    one.set_value(1);
+    take_a_room.set_amount(one);
+    request.mut_counters().insert("rooms".into(), take_a_room);
+    let metadata = request.mut_metadata();
+    metadata
+        .mut_annotations()
+        .insert(MATCH_ID_ANNOTATION.into(), match_id.into());
+    metadata
+        .mut_labels()
+        .insert(PROFILE_LABEL.into(), "latency-us-east-1-0-49".into());
+    request
 }

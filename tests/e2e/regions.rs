@@ -203,8 +203,16 @@ fn a_region_refusing_tls_stays_alone_and_its_circuit_opens_and_closes() {
 }
 
 #[test]
-fn every_per_region_configuration_error_is_named_before_any_call() {
+fn every_per_region_and_request_file_error_is_named_before_any_call() {
     let (mut world, _allocators) = world_with_an_allocator_per_region();
+    let request_file = world.env.dir.write(
+        "allocation-request.json",
+        r#"{"scheduling": "Pack", "counters": {"rooms": {"action": "Add"}}}"#,
+    );
+    let request_file = request_file.display().to_string();
+    world
+        .env
+        .set("ALLOCATION_REQUEST_FILE", request_file.clone());
     world.env.set(
         "AGONES_ALLOCATOR_ENDPOINTS",
         "us-east-1=127.0.0.1:1,us-east-1=127.0.0.1:2,eu-west-1=h:443,us-east-2=nohost",
@@ -225,6 +233,8 @@ fn every_per_region_configuration_error_is_named_before_any_call() {
         "AGONES_TLS_DIRS (us-east-2): cannot read /nowhere/tls.key",
         "AGONES_TLS_SERVER_NAMES: region \"us-east-3\" is not in REGIONS",
         "AGONES_POLICY_LABEL: \"not a label\" is not a valid Kubernetes label key",
+        &format!("ALLOCATION_REQUEST_FILE: {request_file}: $.scheduling: unknown value \"Pack\""),
+        &format!("ALLOCATION_REQUEST_FILE: {request_file}: $.counters.rooms.action: unknown action \"Add\""),
     ] {
         assert!(log.contains(problem), "{problem:?} missing from\n{log}");
     }

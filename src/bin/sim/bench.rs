@@ -82,8 +82,10 @@ struct Row {
     runs: Vec<Measured>,
     /// The rate the Director could reach if the allocator's latency were the only limit.
     ideal: Option<f64>,
-    /// Whether the row is about the rate (a backlog) rather than about waiting times.
+    /// Whether the row shows the rate (and CPU per match): a backlog.
     throughput: bool,
+    /// Whether the row shows waiting times (p50, p99 from stream to assignment).
+    waits: bool,
 }
 
 /// What one run of the Director measured.
@@ -156,6 +158,10 @@ pub fn run(options: Options) -> ExitCode {
         if options.wants("6") {
             rows.push(rate_limited(runs, 150.0));
         }
+        if options.wants("7") {
+            rows.push(regions_alone(runs, None));
+            rows.push(regions_alone(runs, Some("us-east-1")));
+        }
     }
     let table = markdown(&rows, runs);
     print!("{table}");
@@ -197,6 +203,7 @@ fn saturation(runs: usize, matches: usize) -> Row {
         runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
         ideal: None,
         throughput: true,
+        waits: false,
     }
 }
 
@@ -227,6 +234,7 @@ fn latency_sweep(runs: usize, latency: Duration, matches: usize) -> Row {
         runs: repeat(runs, || backlog(config.clone(), matches, &bands)),
         ideal: Some(2.0 * DEFAULT_THREADS_PER_REGION as f64 / latency.as_secs_f64()),
         throughput: true,
+        waits: false,
     }
 }
 
@@ -252,6 +260,7 @@ fn latency_bound(runs: usize, regions: usize, threads: usize, latency: Duration)
         runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
         ideal: Some(ideal),
         throughput: true,
+        waits: false,
     }
 }
 
@@ -290,6 +299,7 @@ fn time_to_assignment(runs: usize) -> Row {
         runs: repeat(runs, run),
         ideal: None,
         throughput: false,
+        waits: true,
     }
 }
 
@@ -314,6 +324,56 @@ fn rate_limited(runs: usize, per_region: f64) -> Row {
         runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
         ideal: Some(ideal),
         throughput: true,
+        waits: false,
+    }
+}
+
+/// Scenario 7: three regions, each with its own allocator at 20 ms and 8 threads; with `hung`,
+/// that region's allocator answers no call. The healthy regions' rate against their ideal, and
+/// their waits from stream to assignment, next to the same run with no region hanging.
+fn regions_alone(runs: usize, hung: Option<&str>) -> Row {
+    let threads = 8;
+    let latency = Duration::from_millis(20);
+    let regions: Vec<String> = (1..=3).map(|r| format!("us-east-{r}")).collect();
+    let healthy = regions.len() - usize::from(hung.is_some());
+    let ideal = (healthy * threads) as f64 / latency.as_secs_f64();
+    let per_region = (threads as f64 / latency.as_secs_f64() * STEADY.as_secs_f64()) as usize;
+    let config = WorldConfig {
+        regions,
+        fleet_per_region: per_region,
+        session: Duration::from_secs(3600),
+        allocator_latency: latency,
+        allocator_threads: Some(threads),
+        allocator_per_region: true,
+        hang: hung.map(String::from),
+        ..WorldConfig::default()
+    };
+    let run = || {
+        let mut world = World::start(config.clone());
+        for player in 0..per_region * 3 * 4 {
+            world.add_player_only_near(player / 4 % 3, 10.0);
+        }
+        let (director, drain) = start_quietly(&mut world);
+        let sim_started = sim_cpu();
+        finish(
+            &world,
+            director,
+            drain,
+            per_region * healthy,
+            None,
+            sim_started,
+        )
+    };
+    Row {
+        scenario: "7 regions alone",
+        setup: format!(
+            "3 regions, an allocator each at 20 ms, {threads} threads per region, backlog {per_region} matches per region; {}",
+            hung.map_or("no region hangs".to_string(), |r| format!("{r}'s allocator hangs: the 2 others"))
+        ),
+        runs: repeat(runs, run),
+        ideal: Some(ideal),
+        throughput: true,
+        waits: true,
     }
 }
 
@@ -374,6 +434,7 @@ fn profiles_scale(runs: usize, label: &str, regions: usize, bands: usize) -> Row
         runs: repeat(runs, run),
         ideal: None,
         throughput: true,
+        waits: false,
     }
 }
 
@@ -428,7 +489,10 @@ fn finish(
     director.terminate();
     director.wait();
     let _ = drain.join();
-    let allocator_connections = world.allocator.state().peers.len();
+    let allocator_connections = world
+        .allocators()
+        .map(|allocator| allocator.state().peers.len())
+        .sum();
     let om = world.om.state();
     let done: Vec<_> = om
         .matches
@@ -476,7 +540,7 @@ fn cell(spread: Option<Spread>, decimals: usize) -> String {
 /// The row's figures, in the order of the table's columns after the setup.
 fn figures(row: &Row) -> [(&'static str, Option<Spread>, usize); 10] {
     let throughput = |spread: Option<Spread>| spread.filter(|_| row.throughput);
-    let waits = |spread: Option<Spread>| spread.filter(|_| !row.throughput);
+    let waits = |spread: Option<Spread>| spread.filter(|_| row.waits);
     [
         ("matches", row.spread(|m| m.matches as f64), 0),
         (

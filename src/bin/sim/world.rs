@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
-use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator, Fleet};
+use agones_openmatch_director::doubles::agones::{AgonesPki, AgonesState, FakeAllocator, Fleet};
 use agones_openmatch_director::doubles::certs::{SecretVolume, TempDir};
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
@@ -18,7 +18,13 @@ pub struct WorldConfig {
     pub session: Duration,
     pub allocator_latency: Duration,
     pub error_rate: f64,
+    /// A region whose allocator answers UNAVAILABLE to every call.
     pub outage: Option<String>,
+    /// A region whose allocator answers no call (each runs to its deadline).
+    pub hang: Option<String>,
+    /// Whether every region has its own allocator (AGONES_ALLOCATOR_ENDPOINTS) instead of
+    /// sharing one.
+    pub allocator_per_region: bool,
     /// ALLOCATOR_THREADS; `None`: the Director's default.
     pub allocator_threads: Option<usize>,
     /// ALLOCATE_RATE_LIMIT; `None`: no limit.
@@ -44,6 +50,8 @@ impl Default for WorldConfig {
             allocator_latency: Duration::ZERO,
             error_rate: 0.0,
             outage: None,
+            hang: None,
+            allocator_per_region: false,
             allocator_threads: None,
             allocate_rate_limit: None,
             interval: Duration::from_millis(250),
@@ -57,7 +65,10 @@ impl Default for WorldConfig {
 pub struct World {
     pub config: WorldConfig,
     pub om: FakeOpenMatch,
+    /// The shared allocator (idle when every region has its own).
     pub allocator: FakeAllocator,
+    /// Each region's own allocator, in the order of the regions, with `allocator_per_region`.
+    pub regional: Vec<FakeAllocator>,
     dir: TempDir,
     pki: AgonesPki,
     client_certificate_versions: usize,
@@ -67,19 +78,17 @@ pub struct World {
 impl World {
     pub fn start(config: WorldConfig) -> World {
         let pki = AgonesPki::new();
-        let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
-        {
-            let mut state = allocator.state();
-            state.keep_requests = false;
-            state.fleet = Some(Fleet::new(config.fleet_per_region, config.session));
-            state.latency = config.allocator_latency;
-            state.error_rate = config.error_rate;
-            if let Some(region) = &config.outage {
-                state
-                    .failing_regions
-                    .insert(region.clone(), grpcio::RpcStatusCode::UNAVAILABLE);
-            }
-        }
+        let start_allocator = || {
+            let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
+            configure(&mut allocator.state(), &config);
+            allocator
+        };
+        let allocator = start_allocator();
+        let regional = if config.allocator_per_region {
+            config.regions.iter().map(|_| start_allocator()).collect()
+        } else {
+            Vec::new()
+        };
         let om = FakeOpenMatch::start();
         {
             let mut state = om.state();
@@ -90,11 +99,17 @@ impl World {
             config,
             om,
             allocator,
+            regional,
             dir: TempDir::new("sim"),
             pki,
             client_certificate_versions: 0,
             random: 0x2545_F491_4F6C_DD1D,
         }
+    }
+
+    /// Every allocator double: the shared one, then the regions' own.
+    pub fn allocators(&self) -> impl Iterator<Item = &FakeAllocator> {
+        std::iter::once(&self.allocator).chain(&self.regional)
     }
 
     /// Adds a player close to one region (5–45 ms) and farther from the others (60–200 ms).
@@ -201,6 +216,15 @@ impl World {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !self.regional.is_empty() {
+            let endpoints: Vec<String> = c
+                .regions
+                .iter()
+                .zip(&self.regional)
+                .map(|(region, allocator)| format!("{region}=127.0.0.1:{}", allocator.port))
+                .collect();
+            command.env("AGONES_ALLOCATOR_ENDPOINTS", endpoints.join(","));
+        }
         if let Some(threads) = c.allocator_threads {
             command.env("ALLOCATOR_THREADS", threads.to_string());
         }
@@ -211,6 +235,24 @@ impl World {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         DirectorProcess { child }
+    }
+}
+
+/// Sets an allocator double up as `config` says: fleet, latency, faults.
+fn configure(state: &mut AgonesState, config: &WorldConfig) {
+    state.keep_requests = false;
+    state.fleet = Some(Fleet::new(config.fleet_per_region, config.session));
+    state.latency = config.allocator_latency;
+    state.error_rate = config.error_rate;
+    if let Some(region) = &config.outage {
+        state
+            .failing_regions
+            .insert(region.clone(), grpcio::RpcStatusCode::UNAVAILABLE);
+    }
+    if let Some(region) = &config.hang {
+        state
+            .hanging_regions
+            .insert(region.clone(), Duration::from_secs(3600));
     }
 }
 
