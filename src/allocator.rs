@@ -153,12 +153,36 @@ pub fn label_value(text: &str) -> String {
     trimmed.to_string()
 }
 
+/// Which address of an allocated game server players get (GAMESERVER_ADDRESS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressSource {
+    /// The response's `address` field (`status`).
+    Status,
+    /// The first `addresses[]` entry of this type (`InternalIP`, `ExternalIP`, `InternalDNS`,
+    /// `ExternalDNS`, `Hostname`).
+    Type(String),
+}
+
+/// The address types GAMESERVER_ADDRESS may name besides `status`.
+pub const ADDRESS_TYPES: [&str; 5] = [
+    "InternalIP",
+    "ExternalIP",
+    "InternalDNS",
+    "ExternalDNS",
+    "Hostname",
+];
+
 /// An allocated game server the players can connect to.
 #[derive(Debug, PartialEq, Eq)]
 pub struct GameServer {
     /// The GameServer's name.
     pub name: String,
-    /// `address:port` for the Assignment.
+    /// The address chosen by GAMESERVER_ADDRESS.
+    pub address: String,
+    /// The port named GAMESERVER_PORT_NAME.
+    pub port: u16,
+    /// `address:port` for the Assignment (after a Global Accelerator translation, the
+    /// accelerator's).
     pub connection: String,
 }
 
@@ -171,17 +195,35 @@ pub struct UnusableGameServer {
     pub reason: String,
 }
 
-/// The connection string for the response's primary address and the port named `port_name`.
+/// The connection string for the address `source` picks and the port named `port_name`.
 pub fn game_server(
     response: &AllocationResponse,
     port_name: &str,
+    source: &AddressSource,
 ) -> Result<GameServer, UnusableGameServer> {
     let name = response.get_gameServerName().to_string();
     let unusable = |reason: String| UnusableGameServer {
         name: name.clone(),
         reason,
     };
-    let address = response.get_address();
+    let address = match source {
+        AddressSource::Status => response.get_address(),
+        AddressSource::Type(wanted) => response
+            .get_addresses()
+            .iter()
+            .find(|a| a.get_field_type() == wanted)
+            .map(|a| a.get_address())
+            .ok_or_else(|| {
+                let types: Vec<&str> = response
+                    .get_addresses()
+                    .iter()
+                    .map(|a| a.get_field_type())
+                    .collect();
+                unusable(format!(
+                    "no address of type {wanted} (GAMESERVER_ADDRESS); types: {types:?}"
+                ))
+            })?,
+    };
     if address.is_empty() {
         return Err(unusable("the allocation response has no address".into()));
     }
@@ -194,13 +236,14 @@ pub fn game_server(
             unusable(format!("no port named {port_name:?} (ports: {names:?})"))
         })?
         .get_port();
-    if !(1..=65535).contains(&port) {
-        return Err(unusable(format!(
-            "port {port_name:?} is {port}, not a TCP port"
-        )));
-    }
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| unusable(format!("port {port_name:?} is {port}, not a TCP port")))?;
     Ok(GameServer {
         name,
+        address: address.to_string(),
+        port,
         connection: host_port(address, port),
     })
 }
@@ -244,6 +287,7 @@ mod tests {
             policy_label: None,
             port_name: "default".into(),
             request_template: None,
+            address: AddressSource::Status,
         }
     }
 
@@ -361,29 +405,75 @@ mod tests {
         );
     }
 
+    const STATUS: &AddressSource = &AddressSource::Status;
+
     #[test]
     fn connection_uses_named_port() {
         let server = game_server(
             &response("1.2.3.4", &[("metrics", 9000), ("default", 7777)]),
             "default",
+            STATUS,
         );
         assert_eq!(
             server,
             Ok(GameServer {
                 name: "gs-1".into(),
+                address: "1.2.3.4".into(),
+                port: 7777,
                 connection: "1.2.3.4:7777".into()
             })
         );
-        let v6 = game_server(&response("fd00::1", &[("default", 7777)]), "default").unwrap();
-        assert_eq!(v6.connection, "[fd00::1]:7777");
+        let v6 = game_server(
+            &response("fd00::1", &[("default", 7777)]),
+            "default",
+            STATUS,
+        );
+        assert_eq!(v6.unwrap().connection, "[fd00::1]:7777");
+    }
+
+    #[test]
+    fn the_address_of_the_asked_type_is_used() {
+        let mut with_addresses = response("203.0.113.9", &[("default", 7777)]);
+        for (kind, address) in [
+            ("Hostname", "node-1"),
+            ("InternalIP", "10.0.1.23"),
+            ("ExternalDNS", "node-1.example.com"),
+            ("InternalIP", "10.0.9.9"),
+        ] {
+            let mut entry =
+                crate::proto::allocation::AllocationResponse_GameServerStatusAddress::new();
+            entry.set_field_type(kind.into());
+            entry.set_address(address.into());
+            with_addresses.mut_addresses().push(entry);
+        }
+        let pick = |kind: &str| {
+            game_server(
+                &with_addresses,
+                "default",
+                &AddressSource::Type(kind.into()),
+            )
+            .map(|s| s.connection)
+            .map_err(|unusable| unusable.reason)
+        };
+        assert_eq!(pick("InternalIP"), Ok("10.0.1.23:7777".to_string()));
+        assert_eq!(
+            pick("ExternalDNS"),
+            Ok("node-1.example.com:7777".to_string())
+        );
+        let missing = pick("ExternalIP").unwrap_err();
+        assert!(
+            missing.contains("no address of type ExternalIP"),
+            "{missing}"
+        );
     }
 
     #[test]
     fn missing_port_or_address_is_unusable() {
-        let no_port = game_server(&response("1.2.3.4", &[]), "default").unwrap_err();
+        let no_port = game_server(&response("1.2.3.4", &[]), "default", STATUS).unwrap_err();
         assert_eq!(no_port.name, "gs-1");
         assert!(no_port.reason.contains("no port named \"default\""));
-        let no_address = game_server(&response("", &[("default", 7777)]), "default").unwrap_err();
+        let no_address =
+            game_server(&response("", &[("default", 7777)]), "default", STATUS).unwrap_err();
         assert!(no_address.reason.contains("no address"));
     }
 

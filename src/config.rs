@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::allocator::{AddressSource, ADDRESS_TYPES};
+use crate::mapping::{self, Mappings};
 use crate::proto::allocation::AllocationRequest;
 use crate::request_template;
 use crate::tls::{self, TlsMaterial};
@@ -97,6 +99,17 @@ pub struct AgonesConfig {
     pub port_name: String,
     /// ALLOCATION_REQUEST_FILE, parsed: merged into every request.
     pub request_template: Option<AllocationRequest>,
+    /// GAMESERVER_ADDRESS: which address of the allocated game server players get.
+    pub address: AddressSource,
+}
+
+/// GA_MAPPING_DIR: the Global Accelerator mappings, loaded.
+#[derive(Debug)]
+pub struct MappingConfig {
+    /// The directory, watched for changes.
+    pub dir: PathBuf,
+    /// Every region's mapping as loaded at start.
+    pub loaded: Mappings,
 }
 
 impl AgonesConfig {
@@ -145,6 +158,8 @@ pub struct Config {
     pub openmatch: OpenMatchConfig,
     /// Agones side.
     pub agones: AgonesConfig,
+    /// Global Accelerator translation; `None` when GA_MAPPING_DIR is unset or empty.
+    pub mapping: Option<MappingConfig>,
     /// Profiles to fetch.
     pub profiles: ProfileConfig,
     /// Deadlines and intervals.
@@ -264,7 +279,9 @@ impl Config {
         };
         let openmatch = read_openmatch(&mut r);
         let profiles = read_profiles(&mut r);
-        let agones = read_agones(&mut r, &profiles.regions);
+        let mapping = read_mapping(&mut r, &profiles.regions);
+        let mapping_on = !matches!(mapping, Some(None));
+        let agones = read_agones(&mut r, &profiles.regions, mapping_on);
         let timing = read_timing(&mut r);
         let allocator_threads = r.parsed("ALLOCATOR_THREADS", "32", |s| count(s, 1, 1024));
         let allocator_connections = r.parsed("ALLOCATOR_CONNECTIONS", "2", |s| count(s, 1, 64));
@@ -280,6 +297,7 @@ impl Config {
         Ok(Config {
             openmatch: openmatch.expect("no problems recorded"),
             agones: agones.expect("no problems recorded"),
+            mapping: mapping.expect("no problems recorded"),
             profiles,
             timing: timing.expect("no problems recorded"),
             allocator_threads: allocator_threads.expect("no problems recorded"),
@@ -360,7 +378,43 @@ fn read_openmatch(r: &mut Reader) -> Option<OpenMatchConfig> {
     })
 }
 
-fn read_agones(r: &mut Reader, regions: &[String]) -> Option<AgonesConfig> {
+/// `GA_MAPPING_DIR` (optional): the Global Accelerator mapping of every region, loaded now.
+fn read_mapping(r: &mut Reader, regions: &[String]) -> Option<Option<MappingConfig>> {
+    let Some(dir) = r.optional("GA_MAPPING_DIR") else {
+        return Some(None);
+    };
+    let dir = PathBuf::from(dir);
+    match mapping::load(&dir, regions) {
+        Ok(loaded) => Some(Some(MappingConfig { dir, loaded })),
+        Err(problems) => {
+            for problem in problems {
+                r.problem("GA_MAPPING_DIR", &problem);
+            }
+            None
+        }
+    }
+}
+
+/// `GAMESERVER_ADDRESS`: `status`, or an address type; `InternalIP` by default with a mapping.
+fn read_address_source(r: &mut Reader, mapping_on: bool) -> AddressSource {
+    let default = if mapping_on { "InternalIP" } else { "status" };
+    let text = r.string("GAMESERVER_ADDRESS", default);
+    if text == "status" {
+        return AddressSource::Status;
+    }
+    if !ADDRESS_TYPES.contains(&text.as_str()) {
+        r.problem(
+            "GAMESERVER_ADDRESS",
+            &format!(
+                "must be status, {} (got {text:?})",
+                ADDRESS_TYPES.join(", ")
+            ),
+        );
+    }
+    AddressSource::Type(text)
+}
+
+fn read_agones(r: &mut Reader, regions: &[String], mapping_on: bool) -> Option<AgonesConfig> {
     let allocator = read_endpoint(
         r,
         (
@@ -430,7 +484,9 @@ fn read_agones(r: &mut Reader, regions: &[String]) -> Option<AgonesConfig> {
     }
     let port_name = r.string("GAMESERVER_PORT_NAME", "default");
     let request_template = read_request_template(r);
+    let address = read_address_source(r, mapping_on);
     complete.then_some(AgonesConfig {
+        address,
         targets,
         namespace,
         region_label,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod doubles;
 pub mod health;
 pub mod http;
+pub mod mapping;
 pub mod metrics;
 pub mod openmatch;
 pub mod pipeline;

@@ -208,6 +208,12 @@ pub struct Metrics {
     pub region_circuit_open: Family,
     /// Whether each region can allocate (1: a connected channel and a closed circuit) or not (0).
     pub allocator_up: Family,
+    /// Game servers whose address is missing from their region's Global Accelerator mapping.
+    pub connection_translation_misses: Family,
+    /// Mapping changes refused (the previous mapping stayed in use).
+    pub mapping_reload_errors: Counter,
+    /// Entries of each region's Global Accelerator mapping in use.
+    pub mapping_entries: Family,
     /// Not-after time of each certificate file (Unix seconds), by file; `None` when unreadable.
     certificate_expiry: Mutex<BTreeMap<String, Option<i64>>>,
     /// Matches in the queue: counted here by the fetchers and workers, so that nothing else holds
@@ -294,6 +300,20 @@ impl Metrics {
                 "1 when a region's allocator has a connected channel and a closed circuit, else 0; read at scrape time.",
                 &["region"],
             ),
+            connection_translation_misses: Family::new(
+                "director_connection_translation_misses_total",
+                "Allocated game servers whose address is not in their region's Global Accelerator mapping (released, counted as orphaned).",
+                &["region"],
+            ),
+            mapping_reload_errors: Counter::new(
+                "director_mapping_reload_errors_total",
+                "Changed Global Accelerator mappings refused; the previous mapping stays in use.",
+            ),
+            mapping_entries: Family::new(
+                "director_mapping_entries",
+                "Entries of each region's Global Accelerator mapping in use.",
+                &["region"],
+            ),
             certificate_expiry: Mutex::new(BTreeMap::new()),
             queue_depth: AtomicI64::new(0),
         }
@@ -351,6 +371,10 @@ impl Metrics {
         self.certificate_reloads.render(&mut out, "counter");
         self.region_circuit_open.render(&mut out, "gauge");
         self.allocator_up.render(&mut out, "gauge");
+        self.connection_translation_misses
+            .render(&mut out, "counter");
+        self.mapping_reload_errors.render(&mut out);
+        self.mapping_entries.render(&mut out, "gauge");
         header(
             &mut out,
             "director_queue_depth",

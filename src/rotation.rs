@@ -150,33 +150,55 @@ impl Watched {
     }
 }
 
-/// Starts the watcher thread; it ends when shutdown is requested.
+/// Files polled for changes: certificates ([`Watched`]) and Global Accelerator mappings.
+pub trait Reloadable: Send {
+    /// Loads the files again if they changed since the last look, and publishes what is valid.
+    fn reload_if_changed(&mut self, metrics: &Metrics);
+
+    /// Hourly, with the files unchanged: certificates warn again about nearing expiry.
+    fn recheck(&self, _metrics: &Metrics) {}
+}
+
+impl Reloadable for Watched {
+    fn reload_if_changed(&mut self, metrics: &Metrics) {
+        let now = self.files.snapshot();
+        if now != self.in_use {
+            self.in_use = now;
+            reload(self, metrics);
+        }
+    }
+
+    fn recheck(&self, metrics: &Metrics) {
+        if let Ok(material) = self.files.load() {
+            record_expiry(&material, metrics);
+        }
+    }
+}
+
+/// Starts the watcher thread, which looks at every item each `interval`; it ends when shutdown
+/// is requested.
 pub fn watch(
-    endpoints: Vec<Watched>,
+    items: Vec<Box<dyn Reloadable>>,
     interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: Arc<Shutdown>,
 ) -> std::io::Result<()> {
-    let mut endpoints = endpoints;
-    let mut expiry_checked = Instant::now();
+    let mut items = items;
+    let mut rechecked = Instant::now();
     std::thread::Builder::new()
-        .name("cert-watch".into())
+        .name("file-watch".into())
         .spawn(move || loop {
             select! {
                 recv(shutdown.requested_channel()) -> _ => return,
                 default(interval) => {}
             }
-            for endpoint in &mut endpoints {
-                let now = endpoint.files.snapshot();
-                if now != endpoint.in_use {
-                    endpoint.in_use = now;
-                    reload(endpoint, &metrics);
-                }
+            for item in &mut items {
+                item.reload_if_changed(&metrics);
             }
-            if expiry_checked.elapsed() >= EXPIRY_RECHECK {
-                expiry_checked = Instant::now();
-                for material in endpoints.iter().filter_map(|e| e.files.load().ok()) {
-                    record_expiry(&material, &metrics);
+            if rechecked.elapsed() >= EXPIRY_RECHECK {
+                rechecked = Instant::now();
+                for item in &items {
+                    item.recheck(&metrics);
                 }
             }
         })?;
@@ -280,7 +302,7 @@ mod tests {
         });
         let shutdown = Shutdown::new(Duration::ZERO);
         watch(
-            vec![watched],
+            vec![Box::new(watched)],
             Duration::from_millis(10),
             Arc::new(Metrics::new()),
             Arc::clone(&shutdown),

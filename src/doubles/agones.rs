@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::allocator::MATCH_ID_ANNOTATION;
 use crate::proto::allocation::{
-    AllocationRequest, AllocationResponse, AllocationResponse_GameServerStatusPort,
+    AllocationRequest, AllocationResponse, AllocationResponse_GameServerStatusAddress,
+    AllocationResponse_GameServerStatusPort,
 };
 use crate::proto::allocation_grpc::{create_allocation_service, AllocationService};
 use crossbeam_channel::{RecvTimeoutError, Sender};
@@ -21,7 +22,9 @@ use super::tls::ServerTls;
 /// How the double answers one Allocate call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// Allocate a game server in the selected region.
+    /// Allocate a game server in the selected region: game server `n` of a region is
+    /// `gs-<region>-<n>`, at port `7000 + n` of `127.0.0.1` (its status address and ExternalIP),
+    /// InternalIP `10.0.0.1`, ExternalDNS `gs-<region>-<n>.example.com`.
     Allocate,
     /// Fail with this status code.
     Fail(RpcStatusCode),
@@ -368,6 +371,17 @@ impl Allocator {
         let mut response = AllocationResponse::new();
         response.set_gameServerName(name.clone());
         response.set_address("127.0.0.1".into());
+        for (kind, address) in [
+            ("Hostname", "node-1".to_string()),
+            ("InternalIP", "10.0.0.1".to_string()),
+            ("ExternalIP", "127.0.0.1".to_string()),
+            ("ExternalDNS", format!("{name}.example.com")),
+        ] {
+            let mut entry = AllocationResponse_GameServerStatusAddress::new();
+            entry.set_field_type(kind.into());
+            entry.set_address(address);
+            response.mut_addresses().push(entry);
+        }
         response.set_nodeName("node-1".into());
         response.set_source("local".into());
         if reply != Reply::NoPorts {

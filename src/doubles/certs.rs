@@ -120,12 +120,13 @@ pub struct SecretVolume<'a> {
 
 impl SecretVolume<'_> {
     /// Writes a new version of the files and swaps `..data` to it atomically.
-    pub fn publish(&mut self, files: &[(&str, &str)]) {
+    pub fn publish(&mut self, files: &[(&str, impl AsRef<[u8]>)]) {
         self.version += 1;
         let version = format!("..v{}", self.version);
         std::fs::create_dir(self.dir.join(&version)).expect("create version dir");
         for (name, contents) in files {
-            std::fs::write(self.dir.join(&version).join(name), contents).expect("write file");
+            std::fs::write(self.dir.join(&version).join(name), contents.as_ref())
+                .expect("write file");
             let link = self.dir.join(name);
             if !link.exists() {
                 symlink(format!("..data/{name}"), link).expect("link file");

@@ -23,12 +23,13 @@ use crate::circuit::Circuit;
 use crate::config::{AgonesConfig, Config};
 use crate::health::Health;
 use crate::http::{self, Response};
+use crate::mapping::{MappingWatch, Mappings};
 use crate::metrics::Metrics;
 use crate::openmatch::{self, OpenMatchClient};
 use crate::profiles::Profile;
 use crate::ratelimit::RateLimit;
 use crate::retry::{retry, RetryPolicy};
-use crate::rotation::{self, Versioned, Watched};
+use crate::rotation::{self, Reloadable, Versioned, Watched};
 use crate::shutdown::Shutdown;
 use crate::summary;
 use crate::tls::TlsMaterial;
@@ -201,6 +202,8 @@ struct Shared {
     queue_timeout: Duration,
     /// Channels to each region's allocator (ALLOCATOR_CONNECTIONS).
     allocator_connections: usize,
+    /// The Global Accelerator mappings in use (GA_MAPPING_DIR), replaced when the files change.
+    mappings: Option<Arc<Versioned<Mappings>>>,
 }
 
 /// Runs the Director until shutdown is requested and the work is drained (or the shutdown
@@ -344,10 +347,11 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
         &config.openmatch.match_function,
     );
     let timing = &config.timing;
+    let metrics = Arc::new(Metrics::new());
     Shared {
         env,
         shutdown: Arc::clone(shutdown),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::clone(&metrics),
         health: Arc::new(Health::new()),
         openmatch: Arc::new(Versioned::new(openmatch)),
         agones: config.agones.clone(),
@@ -363,6 +367,10 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
         },
         queue_timeout: timing.queue_timeout,
         allocator_connections: config.allocator_connections,
+        mappings: config.mapping.as_ref().map(|mapping| {
+            mapping.loaded.publish(&metrics);
+            Arc::new(Versioned::new(mapping.loaded.clone()))
+        }),
     }
 }
 
@@ -385,7 +393,7 @@ fn start_certificate_watch(
             .or_default()
             .push((name.clone(), Arc::clone(&region.clients)));
     }
-    let mut watched = Vec::new();
+    let mut watched: Vec<Box<dyn Reloadable>> = Vec::new();
     for (tls_dir, renew) in by_material {
         let first_region = renew[0].0.clone();
         let material = &config.agones.target(&first_region).tls;
@@ -396,12 +404,16 @@ fn start_certificate_watch(
         };
         let agones_shared = Arc::clone(shared);
         let what = endpoint.clone();
-        watched.push(Watched::new(endpoint, material, move |material| {
-            for (region, clients) in &renew {
-                clients.replace(allocator_clients(&agones_shared, region, &material));
-            }
-            log::info!("New allocator channels with the new client certificate of {what}");
-        }));
+        watched.push(Box::new(Watched::new(
+            endpoint,
+            material,
+            move |material| {
+                for (region, clients) in &renew {
+                    clients.replace(allocator_clients(&agones_shared, region, &material));
+                }
+                log::info!("New allocator channels with the new client certificate of {what}");
+            },
+        )));
     }
     if let Some(material) = &config.openmatch.tls {
         rotation::record_expiry(material, &shared.metrics);
@@ -410,14 +422,22 @@ fn start_certificate_watch(
             config.openmatch.backend.clone(),
             config.openmatch.match_function.clone(),
         );
-        watched.push(Watched::new(
+        watched.push(Box::new(Watched::new(
             "openmatch".to_string(),
             material,
             move |material| {
                 let channel = openmatch::connect(Arc::clone(&env), &backend, Some(&material));
                 clients.replace(OpenMatchClient::new(channel, &function));
             },
-        ));
+        )));
+    }
+    if let (Some(config), Some(mappings)) = (&config.mapping, &shared.mappings) {
+        let regions = config.loaded.regions.keys().cloned().collect();
+        watched.push(Box::new(MappingWatch::new(
+            config.dir.clone(),
+            regions,
+            Arc::clone(mappings),
+        )));
     }
     rotation::watch(
         watched,

@@ -11,7 +11,7 @@ use grpcio::RpcStatusCode;
 use super::{
     release_and_count, release_matches, waited_past_queue_timeout, MatchJob, Outcome, Shared,
 };
-use crate::allocator::{self, AllocatorClient, GameServer};
+use crate::allocator::{self, AllocatorClient, GameServer, UnusableGameServer};
 use crate::circuit::{Admission, Circuit, Transition};
 use crate::health::Heartbeat;
 use crate::openmatch::OpenMatchClient;
@@ -226,17 +226,55 @@ impl Worker {
                 return None;
             }
         };
-        match allocator::game_server(&response, &self.shared.agones.port_name) {
-            Ok(server) => Some(server),
-            Err(unusable) => {
-                self.shared.metrics.orphaned_game_servers.add(1);
-                log::error!(
-                    "Game server {} allocated for match {} is unusable ({}); it stays Allocated with no players until someone deletes it; releasing the match's tickets",
-                    unusable.name,
-                    job.match_id,
-                    unusable.reason
-                );
-                None
+        let agones = &self.shared.agones;
+        let unusable = match allocator::game_server(&response, &agones.port_name, &agones.address) {
+            Ok(server) => match self.translate(job, server) {
+                Ok(server) => return Some(server),
+                Err(unusable) => unusable,
+            },
+            Err(unusable) => unusable,
+        };
+        self.shared.metrics.orphaned_game_servers.add(1);
+        log::error!(
+            "Game server {} allocated for match {} is unusable ({}); it stays Allocated with no players until someone deletes it; releasing the match's tickets",
+            unusable.name,
+            job.match_id,
+            unusable.reason
+        );
+        None
+    }
+
+    /// With Global Accelerator (GA_MAPPING_DIR), the connection players get is the accelerator's
+    /// for the server's address; a server missing from the mapping is unusable (and counted).
+    fn translate(
+        &self,
+        job: &MatchJob,
+        mut server: GameServer,
+    ) -> Result<GameServer, UnusableGameServer> {
+        let Some(mappings) = &self.shared.mappings else {
+            return Ok(server);
+        };
+        let region = job.profile.region.as_str();
+        match mappings
+            .current()
+            .1
+            .translate(region, &server.address, server.port)
+        {
+            Ok(connection) => {
+                server.connection = connection;
+                Ok(server)
+            }
+            Err(miss) => {
+                self.shared
+                    .metrics
+                    .connection_translation_misses
+                    .inc(&[region]);
+                Err(UnusableGameServer {
+                    name: server.name,
+                    reason: format!(
+                        "its address {miss} cannot be translated through region {region}'s Global Accelerator mapping"
+                    ),
+                })
             }
         }
     }

@@ -7,6 +7,7 @@
 mod director;
 mod world;
 
+mod accelerator;
 mod check;
 mod failures;
 mod image;

@@ -1,0 +1,322 @@
+//! Global Accelerator custom routing, end to end: players get `<accelerator of their region>:<mapped
+//! port>` for the game server's InternalIP and port, through mappings in the guidance's ConfigMap
+//! layout (behind a `..data` symlink) or in the per-region layout; misses, reloads, a corrupt
+//! update, GAMESERVER_ADDRESS, and bad mapping files.
+
+use std::io::Write;
+use std::path::Path;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use crate::director::{get, operations_address, sample, wait_until};
+use crate::world::{final_accounting, stop, World, WAIT};
+use agones_openmatch_director::doubles::certs::SecretVolume;
+use agones_openmatch_director::doubles::openmatch::TicketStatus;
+
+/// Game servers 1..=`servers` of the double (InternalIP 10.0.0.1, port 7000 + n), each mapped to
+/// accelerator port `base + n`, except those in `missing`.
+fn mapping_json(servers: u16, base: u16, missing: &[u16]) -> String {
+    let entries: Vec<String> = (1..=servers)
+        .filter(|n| !missing.contains(n))
+        .map(|n| format!("  \"10.0.0.1:{}\": {}", 7000 + n, base + n))
+        .collect();
+    // Pretty-printed, the way the guidance's script writes it (`jq -s 'from_entries'`).
+    format!("{{\n{}\n}}\n", entries.join(",\n"))
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(text.as_bytes()).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// The guidance's ConfigMap, two regions: `mapping1.gz`, `accelerator1`, `mapping2.gz`,
+/// `accelerator2`; region i's ports start at `base + 1000 i`.
+fn guidance_configmap(base: u16, missing: &[u16]) -> Vec<(String, Vec<u8>)> {
+    (1..=2)
+        .flat_map(|i| {
+            [
+                (
+                    format!("mapping{i}.gz"),
+                    gzip(&mapping_json(60, base + 1000 * i, missing)),
+                ),
+                (
+                    format!("accelerator{i}"),
+                    format!("a{i}.awsglobalaccelerator.com\n").into_bytes(),
+                ),
+            ]
+        })
+        .collect()
+}
+
+fn publish(volume: &mut SecretVolume, files: &[(String, Vec<u8>)]) {
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
+        .collect();
+    volume.publish(&files);
+}
+
+/// The game server number the double allocated for `ticket`'s match.
+fn server_number(world: &World, ticket: &str) -> u16 {
+    let match_id = world.match_of(ticket);
+    let allocator = world.allocator.state();
+    let allocated = allocator.connection_of(&match_id).expect("allocated");
+    allocated
+        .connection
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap()
+        - 7000
+}
+
+fn connection(world: &World, ticket: &str) -> String {
+    match &world.om.state().ticket(ticket).status {
+        TicketStatus::Assigned { connection, .. } => connection.clone(),
+        other => panic!("{ticket} is {other:?}"),
+    }
+}
+
+/// Region i's (1-based) accelerator address for `ticket`'s game server.
+fn expected(world: &World, ticket: &str, region: u16, base: u16) -> String {
+    let n = server_number(world, ticket);
+    format!(
+        "a{region}.awsglobalaccelerator.com:{}",
+        base + 1000 * region + n
+    )
+}
+
+#[test]
+fn players_get_their_regions_accelerator_and_mapping_changes_apply_while_corrupt_ones_do_not() {
+    let mut world = World::new();
+    let dir = world.env.dir.path().join("global-accelerator-mapping");
+    std::fs::create_dir(&dir).unwrap();
+    let mut volume = SecretVolume {
+        dir: &dir,
+        version: 0,
+    };
+    publish(&mut volume, &guidance_configmap(40_000, &[3]));
+    world.env.set("GA_MAPPING_DIR", dir.display().to_string());
+    let east1 = world.players("us-east-1", 12);
+    let east2 = world.players("us-east-2", 8);
+    let director = world.env.start();
+    let address = operations_address(&director);
+    wait_until(WAIT, "every ticket assigned", || {
+        world.all_assigned(&east1) && world.all_assigned(&east2)
+    });
+    for (region, tickets) in [(1, &east1), (2, &east2)] {
+        for ticket in tickets {
+            assert_eq!(
+                connection(&world, ticket),
+                expected(&world, ticket, region, 40_000)
+            );
+        }
+    }
+    // Game server 3 (the third allocation, in whichever region) is missing from the mappings:
+    // its match was released and counted, and its players were matched again.
+    let (_, metrics) = get(address, "/metrics");
+    let misses: f64 = ["us-east-1", "us-east-2"]
+        .iter()
+        .filter_map(|region| {
+            let series =
+                format!("director_connection_translation_misses_total{{region=\"{region}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+        })
+        .sum();
+    assert_eq!(misses, 1.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "director_mapping_entries{region=\"us-east-1\"}"),
+        59.0
+    );
+    director.wait_for_log("10.0.0.1:7003 (not in the region's mapping)", WAIT);
+    assert!(director
+        .lines_with("ERROR")
+        .iter()
+        .any(|l| l.contains("Game server gs-us-east-") && l.contains("-3 allocated for match")));
+
+    // A new mapping: the next assignments use it.
+    publish(&mut volume, &guidance_configmap(50_000, &[]));
+    director.wait_for_log("Reloaded the Global Accelerator mappings", WAIT);
+    let later = world.players("us-east-2", 4);
+    wait_until(WAIT, "assigned with the new mapping", || {
+        world.all_assigned(&later)
+    });
+    for ticket in &later {
+        assert_eq!(
+            connection(&world, ticket),
+            expected(&world, ticket, 2, 50_000)
+        );
+    }
+
+    // A corrupt update (truncated gzip) is refused; the mapping in use stays.
+    let mut corrupt = guidance_configmap(60_000, &[]);
+    let cut = corrupt[0].1.len() / 2;
+    corrupt[0].1.truncate(cut);
+    publish(&mut volume, &corrupt);
+    wait_until(WAIT, "the corrupt mapping refused", || {
+        let (_, metrics) = get(address, "/metrics");
+        sample(&metrics, "director_mapping_reload_errors_total") == 1.0
+    });
+    let last = world.players("us-east-1", 4);
+    wait_until(WAIT, "assigned with the kept mapping", || {
+        world.all_assigned(&last)
+    });
+    for ticket in &last {
+        assert_eq!(
+            connection(&world, ticket),
+            expected(&world, ticket, 1, 50_000)
+        );
+    }
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.orphaned_game_servers, 1);
+    assert_eq!(accounting.released, 1);
+    let om = world.om.state();
+    let handed_out: Vec<&str> = om
+        .tickets
+        .iter()
+        .filter_map(|t| match &t.status {
+            TicketStatus::Assigned { connection, .. } => Some(connection.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(handed_out
+        .iter()
+        .all(|c| c.starts_with('a') && !c.ends_with(":0")));
+}
+
+#[test]
+fn three_regions_in_the_per_region_layout() {
+    let mut world = World::new();
+    let regions = ["eu-west-1", "us-east-1", "ap-south-1"];
+    let dir = world.env.dir.path().join("mappings");
+    std::fs::create_dir(&dir).unwrap();
+    for (i, region) in regions.iter().enumerate() {
+        let base = 40_000 + 1000 * (i as u16 + 1);
+        let json = mapping_json(60, base, &[]);
+        let (name, bytes) = if i == 0 {
+            (format!("mapping-{region}.json"), json.into_bytes())
+        } else {
+            (format!("mapping-{region}.gz"), gzip(&json))
+        };
+        std::fs::write(dir.join(name), bytes).unwrap();
+        std::fs::write(
+            dir.join(format!("accelerator-{region}")),
+            format!("a{}.awsglobalaccelerator.com", i + 1),
+        )
+        .unwrap();
+    }
+    world.env.set("REGIONS", regions.join(","));
+    world.env.set("GA_MAPPING_DIR", dir.display().to_string());
+    let tickets: Vec<(u16, Vec<String>)> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| {
+            (
+                i as u16 + 1,
+                world.om.add_players(&regions, region, 10.0, 8),
+            )
+        })
+        .collect();
+    let director = world.env.start();
+    wait_until(WAIT, "every ticket assigned", || {
+        tickets.iter().all(|(_, t)| world.all_assigned(t))
+    });
+    for (region, tickets) in &tickets {
+        for ticket in tickets {
+            assert_eq!(
+                connection(&world, ticket),
+                expected(&world, ticket, *region, 40_000)
+            );
+        }
+    }
+    stop(director);
+}
+
+#[test]
+fn gameserver_address_picks_the_address_type() {
+    let mut world = World::new();
+    world.env.set("GAMESERVER_ADDRESS", "ExternalDNS");
+    let tickets = world.players("us-east-1", 8);
+    let director = world.env.start();
+    wait_until(WAIT, "every ticket assigned", || {
+        world.all_assigned(&tickets)
+    });
+    stop(director);
+    for ticket in &tickets {
+        let n = server_number(&world, ticket);
+        assert_eq!(
+            connection(&world, ticket),
+            format!("gs-us-east-1-{n}.example.com:{}", 7000 + n)
+        );
+    }
+}
+
+/// Starts the Director with the guidance's files in `dir` as given, expects exit code 2 before
+/// any call, and returns its log.
+fn refused(world: &mut World, dir: &Path) -> String {
+    world.env.set("GA_MAPPING_DIR", dir.display().to_string());
+    let mut director = world.env.start();
+    assert_eq!(director.wait_exit(WAIT).code(), Some(2));
+    assert_eq!(world.om.state().fetches.len(), 0);
+    director.log().join("\n")
+}
+
+#[test]
+fn bad_mapping_files_are_refused_at_start_naming_the_file() {
+    let mut world = World::new();
+    let good = gzip(&mapping_json(5, 40_000, &[]));
+    let truncated = good[..good.len() / 2].to_vec();
+    for (bytes, why) in [
+        (truncated, "not a valid gzip file"),
+        (gzip("[1, 2, 3]"), "not a JSON object"),
+        (gzip("{}"), "holds no valid entry"),
+        (gzip(r#"{"10.0.0.1": 41001}"#), "holds no valid entry"),
+        (gzip(r#"{"10.0.0.1:7001": 70000}"#), "holds no valid entry"),
+    ] {
+        let dir = world.env.dir.path().join(format!("bad-{}", why.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mapping1.gz"), &bytes).unwrap();
+        std::fs::write(dir.join("accelerator1"), "a1.example.com").unwrap();
+        std::fs::write(dir.join("mapping2.gz"), &good).unwrap();
+        std::fs::write(dir.join("accelerator2"), "a2.example.com").unwrap();
+        let log = refused(&mut world, &dir);
+        let expected = format!(
+            "GA_MAPPING_DIR: {}: {why}",
+            dir.join("mapping1.gz").display()
+        );
+        assert!(log.contains(&expected), "{expected:?} not in\n{log}");
+    }
+    let dir = world.env.dir.path().join("only-one-region");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mapping1.gz"), &good).unwrap();
+    std::fs::write(dir.join("accelerator1"), "a1.example.com").unwrap();
+    let log = refused(&mut world, &dir);
+    assert!(
+        log.contains("GA_MAPPING_DIR: no mapping for region us-east-2 in"),
+        "{log}"
+    );
+}
+
+#[test]
+fn skipped_entries_are_warned_once_per_load_with_the_first_keys() {
+    let mut world = World::new();
+    let dir = world.env.dir.path().join("mapping");
+    std::fs::create_dir(&dir).unwrap();
+    let mixed = r#"{"10.0.0.1:7001": 41001, "10.0.0.1:7002": 41002, "10.0.0.1": 41003, "10.0.0.1:7004": 70000}"#;
+    std::fs::write(dir.join("mapping1.gz"), gzip(mixed)).unwrap();
+    std::fs::write(dir.join("accelerator1"), "a1.example.com").unwrap();
+    std::fs::write(dir.join("mapping2.gz"), gzip(&mapping_json(5, 42_000, &[]))).unwrap();
+    std::fs::write(dir.join("accelerator2"), "a2.example.com").unwrap();
+    world.env.set("GA_MAPPING_DIR", dir.display().to_string());
+    let director = world.env.start();
+    director.wait_for_log("Global Accelerator mapping of region us-east-2", WAIT);
+    let warnings = director.lines_with("skipped 2 entries");
+    assert_eq!(warnings.len(), 1, "{:#?}", director.log());
+    assert!(warnings[0].contains(r#"["10.0.0.1", "10.0.0.1:7004"]"#));
+    stop(director);
+}
