@@ -26,7 +26,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::config::{Config, Endpoint};
+use crate::config::{Config, Endpoint, MappingConfig};
 use crate::openmatch::{self, OpenMatchClient};
 use crate::rotation::unix_now;
 use crate::sync::lock;
@@ -94,6 +94,9 @@ pub fn run(config: &Config) -> Report {
         };
         report.handshake(&target.endpoint, &name, &target.tls, &settings);
     }
+    if let Some(mapping) = &config.mapping {
+        report.mappings(mapping);
+    }
     let om = &config.openmatch;
     report.line(&format!("Open Match backend {}:", om.backend));
     if let Some(material) = &om.tls {
@@ -142,6 +145,33 @@ impl Report {
             for (index, summary) in tls::summaries(file).iter().enumerate() {
                 let what = format!("{var} {} #{}", file.path.display(), index + 1);
                 self.validity(&what, summary);
+            }
+        }
+    }
+
+    /// Every region's Global Accelerator mapping: its files, entries, skipped entries, accelerator.
+    fn mappings(&mut self, mapping: &MappingConfig) {
+        self.line(&format!(
+            "Global Accelerator mappings (GA_MAPPING_DIR {}):",
+            mapping.dir.display()
+        ));
+        for (region, loaded) in &mapping.loaded.regions {
+            let [mapping_file, accelerator_file] = &loaded.files;
+            let text = format!(
+                "region {region}: {} with {} entries ({} skipped); accelerator {} from {}",
+                mapping_file.display(),
+                loaded.len(),
+                loaded.bad_entries,
+                loaded.accelerator,
+                accelerator_file.display()
+            );
+            if loaded.bad_entries == 0 {
+                self.ok(&text);
+            } else {
+                self.warn(&format!(
+                    "{text}; first skipped keys: {:?}",
+                    loaded.bad_keys
+                ));
             }
         }
     }

@@ -824,21 +824,26 @@ pub fn is_label_key(key: &str) -> bool {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|part| {
-                let bytes = part.as_bytes();
-                !part.is_empty()
-                    && part.len() <= 63
-                    && bytes[0].is_ascii_alphanumeric()
-                    && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-                    && bytes
-                        .iter()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-            })
-    });
+    let prefix_ok =
+        prefix.is_none_or(|p| is_dns_name(p) && !p.bytes().any(|b| b.is_ascii_uppercase()));
     prefix_ok && !name.is_empty() && is_label_value(name)
+}
+
+/// Whether `name` is a DNS host name: dot-separated labels of letters, digits and inner hyphens,
+/// each at most 63 characters, at most 253 in all.
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            !label.is_empty()
+                && label.len() <= 63
+                && bytes[0].is_ascii_alphanumeric()
+                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        })
 }
 
 /// Whether `value` is a valid Kubernetes label value.

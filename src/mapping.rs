@@ -19,6 +19,7 @@ use std::sync::Arc;
 use flate2::read::GzDecoder;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
+use crate::config::is_dns_name;
 use crate::metrics::Metrics;
 use crate::rotation::{Reloadable, Versioned};
 
@@ -281,23 +282,6 @@ fn read_accelerator(path: &Path) -> Result<String, String> {
             path.display()
         ))
     }
-}
-
-/// Whether `name` is a DNS host name: dot-separated labels of letters, digits and inner hyphens,
-/// each at most 63 characters, at most 253 in all.
-pub fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            let bytes = label.as_bytes();
-            !label.is_empty()
-                && label.len() <= 63
-                && bytes[0].is_ascii_alphanumeric()
-                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
-        })
 }
 
 /// A mapping file's valid entries, sorted, and what was skipped.

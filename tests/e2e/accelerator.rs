@@ -319,4 +319,14 @@ fn skipped_entries_are_warned_once_per_load_with_the_first_keys() {
     assert_eq!(warnings.len(), 1, "{:#?}", director.log());
     assert!(warnings[0].contains(r#"["10.0.0.1", "10.0.0.1:7004"]"#));
     stop(director);
+    let (code, report) = world.env.check();
+    assert_eq!(code, Some(0), "{report}");
+    let mapping1 = dir.join("mapping1.gz").display().to_string();
+    let mapping2 = dir.join("mapping2.gz").display().to_string();
+    for line in [
+        format!("WARN  region us-east-1: {mapping1} with 2 entries (2 skipped); accelerator a1.example.com from "),
+        format!("ok    region us-east-2: {mapping2} with 5 entries (0 skipped); accelerator a2.example.com from "),
+    ] {
+        assert!(report.contains(&line), "{line:?} not in\n{report}");
+    }
 }
