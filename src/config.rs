@@ -204,9 +204,20 @@ pub const LEGACY_ALIASES: &[(&str, &str)] = &[
     ("CA_FILE", "AGONES_CA_CERT"),
 ];
 
+/// Where the settings come from, which decides how strict some checks are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Our environment variables.
+    Variables,
+    /// The original director's flags (see [`crate::flags`]): overlapping RANGES are a warning,
+    /// as its own manifest has them.
+    OriginalFlags,
+}
+
 /// Reads variables through a lookup function and collects problems.
 struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
+    origin: Origin,
     problems: Vec<String>,
     warnings: Vec<String>,
 }
@@ -272,8 +283,17 @@ impl Config {
 
     /// Reads the configuration through `lookup` (variable name → value).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        Config::from_lookup_as(lookup, Origin::Variables)
+    }
+
+    /// Reads the configuration through `lookup`, with the checks of `origin`.
+    pub fn from_lookup_as(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        origin: Origin,
+    ) -> Result<Config, ConfigErrors> {
         let mut r = Reader {
             lookup,
+            origin,
             problems: Vec::new(),
             warnings: Vec::new(),
         };
@@ -395,10 +415,13 @@ fn read_mapping(r: &mut Reader, regions: &[String]) -> Option<Option<MappingConf
     }
 }
 
-/// `GAMESERVER_ADDRESS`: `status`, or an address type; `InternalIP` by default with a mapping.
+/// `GAMESERVER_ADDRESS` (optional): `status`, or an address type; unset or empty means `status`,
+/// or `InternalIP` with a Global Accelerator mapping.
 fn read_address_source(r: &mut Reader, mapping_on: bool) -> AddressSource {
     let default = if mapping_on { "InternalIP" } else { "status" };
-    let text = r.string("GAMESERVER_ADDRESS", default);
+    let text = r
+        .optional("GAMESERVER_ADDRESS")
+        .unwrap_or_else(|| default.to_string());
     if text == "status" {
         return AddressSource::Status;
     }
@@ -651,9 +674,20 @@ fn read_profiles(r: &mut Reader) -> ProfileConfig {
     let regions = r
         .parsed("REGIONS", "us-east-1,us-east-2", parse_regions)
         .unwrap_or_default();
-    let bands = r
-        .parsed("RANGES", "0-24,25-49,50-74,75-99,100-9999", parse_bands)
-        .unwrap_or_default();
+    let ranges = "0-24,25-49,50-74,75-99,100-9999";
+    let bands = match r.origin {
+        Origin::Variables => r.parsed("RANGES", ranges, parse_bands),
+        Origin::OriginalFlags => {
+            let bands = r.parsed("RANGES", ranges, parse_band_list);
+            if let Some(problem) = bands.as_deref().and_then(overlap) {
+                r.warnings.push(format!(
+                    "RANGES (-ranges): {problem}; accepted because the original director's flags are in use: Open Match's evaluator keeps only one of two proposals that share a ticket"
+                ));
+            }
+            bands
+        }
+    }
+    .unwrap_or_default();
     let tag = r.string("PROFILE_TAG", "mode.session");
     ProfileConfig {
         regions,
@@ -762,6 +796,15 @@ pub fn parse_regions(text: &str) -> Result<Vec<String>, String> {
 
 /// Parses `RANGES`: comma-separated inclusive bands `min-max` that must not overlap.
 pub fn parse_bands(text: &str) -> Result<Vec<Band>, String> {
+    let bands = parse_band_list(text)?;
+    match overlap(&bands) {
+        Some(problem) => Err(problem),
+        None => Ok(bands),
+    }
+}
+
+/// Comma-separated inclusive bands `min-max`, overlapping or not.
+fn parse_band_list(text: &str) -> Result<Vec<Band>, String> {
     let mut bands = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let band = item
@@ -779,15 +822,18 @@ pub fn parse_bands(text: &str) -> Result<Vec<Band>, String> {
     if bands.is_empty() {
         return Err("lists no band".to_string());
     }
-    let mut sorted = bands.clone();
-    sorted.sort_by_key(|b| b.min);
-    if let Some(pair) = sorted.windows(2).find(|w| w[0].max >= w[1].min) {
-        return Err(format!(
-            "bands {}-{} and {}-{} overlap",
-            pair[0].min, pair[0].max, pair[1].min, pair[1].max
-        ));
-    }
     Ok(bands)
+}
+
+/// The first two bands that overlap, if any.
+fn overlap(bands: &[Band]) -> Option<String> {
+    let mut sorted = bands.to_vec();
+    sorted.sort_by_key(|b| b.min);
+    let pair = sorted.windows(2).find(|w| w[0].max >= w[1].min)?;
+    Some(format!(
+        "bands {}-{} and {}-{} overlap",
+        pair[0].min, pair[0].max, pair[1].min, pair[1].max
+    ))
 }
 
 /// Parses `host:port`; an IPv6 literal host is bracketed (`[fd00::1]:443`).

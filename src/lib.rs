@@ -11,6 +11,7 @@ pub mod circuit;
 pub mod config;
 #[cfg(any(test, feature = "sim"))]
 pub mod doubles;
+pub mod flags;
 pub mod health;
 pub mod http;
 pub mod mapping;

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use agones_openmatch_director::config::Config;
+use agones_openmatch_director::config::{Config, Origin};
+use agones_openmatch_director::flags::{self, OriginalLayout};
 use agones_openmatch_director::pipeline::{self, Totals};
 use agones_openmatch_director::profiles::{build_profiles, Profile};
 use agones_openmatch_director::shutdown::Shutdown;
@@ -13,49 +14,56 @@ const DEFAULT_LOG_FILTER: &str = "info,grpcio=warn";
 /// Exit code for a configuration the Director cannot run with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-const USAGE: &str = "usage: director [check | --help | --version]
+const USAGE: &str = "usage: director [check] [ORIGINAL FLAGS] | --help | --version
 Fetches matches from Open Match, allocates a game server for each from the Agones allocator,
-and assigns it to the match's tickets. Configured by environment variables (see README.md).
+and assigns it to the match's tickets. Configured by environment variables (see README.md), or by
+the flags of the Go director it replaces (-backendAddr VALUE …, -multicluster; see README.md).
   check   validate the configuration, try the TLS handshake with the Agones allocator and a call
           to the Open Match backend, explain what is wrong; exit 0 when usable, 1 when not";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [] => run(),
-        ["check"] => check(),
-        ["--help" | "-h"] => {
+    match args.first().map(String::as_str) {
+        Some("--help" | "-h") if args.len() == 1 => {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        ["--version" | "-V"] => {
+        Some("--version" | "-V") if args.len() == 1 => {
             println!("director {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(EXIT_BAD_CONFIG)
-        }
+        Some("check") => check(&args[1..]),
+        _ => run(&args),
     }
 }
 
-/// The configuration, or the report of every problem in it.
-fn load_config() -> Result<Config, ExitCode> {
-    Config::from_env().map_err(|errors| {
-        eprint!("director: {errors}");
+/// The configuration from the environment, or with the original's flags in `args` over it; or
+/// the report of every problem (exit code 2). The second value is the line that says the
+/// original's flags are in use, to log.
+fn load_config(args: &[String]) -> Result<(Config, Option<String>), ExitCode> {
+    let bad = |report: String| {
+        eprintln!("director: {report}");
         ExitCode::from(EXIT_BAD_CONFIG)
-    })
+    };
+    if args.is_empty() {
+        return Config::from_env()
+            .map(|config| (config, None))
+            .map_err(|errors| bad(errors.to_string()));
+    }
+    let flags = flags::parse(args).map_err(bad)?;
+    let workdir = std::env::current_dir().unwrap_or_default();
+    let layout = OriginalLayout::of(&flags, &workdir);
+    let env = |var: &str| std::env::var(var).ok();
+    let lookup = |var: &str| layout.lookup(&flags, &env, var);
+    Config::from_lookup_as(&lookup, Origin::OriginalFlags)
+        .map(|config| (config, Some(layout.describe())))
+        .map_err(|errors| bad(errors.to_string()))
 }
 
-fn check() -> ExitCode {
+fn check(args: &[String]) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
-    let config = match load_config() {
-        Ok(config) => config,
+    let (config, _) = match load_config(args) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let report = agones_openmatch_director::check::run(&config);
@@ -67,13 +75,14 @@ fn check() -> ExitCode {
     }
 }
 
-fn run() -> ExitCode {
+fn run(args: &[String]) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
         .init();
-    let config = match load_config() {
-        Ok(config) => config,
+    let (config, original_flags) = match load_config(args) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    original_flags.iter().for_each(|line| log::info!("{line}"));
     config.warnings.iter().for_each(|w| log::warn!("{w}"));
     let profiles = build_profiles(&config.profiles);
     log_summary(&config, &profiles);

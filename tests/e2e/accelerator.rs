@@ -16,7 +16,7 @@ use agones_openmatch_director::doubles::openmatch::TicketStatus;
 
 /// Game servers 1..=`servers` of the double (InternalIP 10.0.0.1, port 7000 + n), each mapped to
 /// accelerator port `base + n`, except those in `missing`.
-fn mapping_json(servers: u16, base: u16, missing: &[u16]) -> String {
+pub fn mapping_json(servers: u16, base: u16, missing: &[u16]) -> String {
     let entries: Vec<String> = (1..=servers)
         .filter(|n| !missing.contains(n))
         .map(|n| format!("  \"10.0.0.1:{}\": {}", 7000 + n, base + n))
@@ -25,7 +25,7 @@ fn mapping_json(servers: u16, base: u16, missing: &[u16]) -> String {
     format!("{{\n{}\n}}\n", entries.join(",\n"))
 }
 
-fn gzip(text: &str) -> Vec<u8> {
+pub fn gzip(text: &str) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
     encoder.write_all(text.as_bytes()).unwrap();
     encoder.finish().unwrap()
@@ -33,7 +33,7 @@ fn gzip(text: &str) -> Vec<u8> {
 
 /// The guidance's ConfigMap, two regions: `mapping1.gz`, `accelerator1`, `mapping2.gz`,
 /// `accelerator2`; region i's ports start at `base + 1000 i`.
-fn guidance_configmap(base: u16, missing: &[u16]) -> Vec<(String, Vec<u8>)> {
+pub fn guidance_configmap(base: u16, missing: &[u16]) -> Vec<(String, Vec<u8>)> {
     (1..=2)
         .flat_map(|i| {
             [
@@ -50,7 +50,7 @@ fn guidance_configmap(base: u16, missing: &[u16]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn publish(volume: &mut SecretVolume, files: &[(String, Vec<u8>)]) {
+pub fn publish(volume: &mut SecretVolume, files: &[(String, Vec<u8>)]) {
     let files: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
@@ -73,7 +73,7 @@ fn server_number(world: &World, ticket: &str) -> u16 {
         - 7000
 }
 
-fn connection(world: &World, ticket: &str) -> String {
+pub fn connection(world: &World, ticket: &str) -> String {
     match &world.om.state().ticket(ticket).status {
         TicketStatus::Assigned { connection, .. } => connection.clone(),
         other => panic!("{ticket} is {other:?}"),
@@ -81,7 +81,7 @@ fn connection(world: &World, ticket: &str) -> String {
 }
 
 /// Region i's (1-based) accelerator address for `ticket`'s game server.
-fn expected(world: &World, ticket: &str, region: u16, base: u16) -> String {
+pub fn expected(world: &World, ticket: &str, region: u16, base: u16) -> String {
     let n = server_number(world, ticket);
     format!(
         "a{region}.awsglobalaccelerator.com:{}",

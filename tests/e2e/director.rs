@@ -82,6 +82,18 @@ impl DirectorEnv {
         Director::spawn(command)
     }
 
+    /// Runs the `director` binary in `workdir` with `args`, and only the variables `vars` (the
+    /// way the original director's manifest starts it: settings as flags).
+    pub fn start_in(workdir: &Path, args: &[String], vars: &[(&str, &str)]) -> Director {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_director"));
+        command
+            .current_dir(workdir)
+            .args(args)
+            .env_clear()
+            .envs(vars.iter().copied());
+        Director::spawn(command)
+    }
+
     /// Runs `director check`; returns its exit code and standard output.
     pub fn check(&self) -> (Option<i32>, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_director"))
@@ -117,9 +129,7 @@ impl DirectorEnv {
             }
         }
         command.arg(image);
-        let mut director = Director::spawn(command);
-        director.container = Some(name);
-        director
+        Director::in_container(command, name)
     }
 }
 
@@ -165,6 +175,13 @@ impl Director {
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Runs `command`, a `docker run` of the container `name`.
+    pub fn in_container(command: Command, name: String) -> Director {
+        let mut director = Director::spawn(command);
+        director.container = Some(name);
+        director
     }
 
     /// The log lines containing `needle`.

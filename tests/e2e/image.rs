@@ -4,7 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::director::wait_until;
+use crate::director::{wait_until, Director};
+use crate::dropin::{original_args, OriginalApp, MOUNTED};
 use crate::world::{final_accounting, World, WAIT};
 
 fn image() -> String {
@@ -70,7 +71,18 @@ fn image_is_one_layer_holding_only_the_static_binary() {
             &image,
         ],
     );
-    assert_eq!(config.trim(), "65532:65532 [\"/director\"]");
+    assert_eq!(config.trim(), "65532:65532 [\"/app/director\"]");
+    let workdir = run(
+        "docker",
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.WorkingDir}}",
+            &image,
+        ],
+    );
+    assert_eq!(workdir.trim(), "/app");
 
     let dir = agones_openmatch_director::doubles::certs::TempDir::new("image");
     let archive = dir.path().join("image.tar");
@@ -91,9 +103,9 @@ fn image_is_one_layer_holding_only_the_static_binary() {
             &format!("tar -xOf '{}' '{layer}' | tar -tvf -", archive.display()),
         ],
     );
-    let entries: Vec<&str> = listing.lines().collect();
-    assert_eq!(entries.len(), 1, "the layer holds one file: {listing}");
-    assert!(entries[0].ends_with(" director"), "{listing}");
+    let files: Vec<&str> = listing.lines().filter(|l| !l.starts_with('d')).collect();
+    assert_eq!(files.len(), 1, "the layer holds one file: {listing}");
+    assert!(files[0].ends_with(" app/director"), "{listing}");
     let size = run(
         "docker",
         &["image", "inspect", "--format", "{{.Size}}", &image],
@@ -101,5 +113,32 @@ fn image_is_one_layer_holding_only_the_static_binary() {
     eprintln!(
         "image {image}: 1 layer, {:.1} MiB",
         size.trim().parse::<f64>().unwrap() / (1024.0 * 1024.0)
+    );
+}
+
+/// The image started the way the original's manifest starts it: `command: ["/app/director",
+/// flags…]` (an entrypoint override), with its three directories mounted under /app.
+#[test]
+#[ignore = "needs Docker and DIRECTOR_IMAGE; run by make image-test"]
+fn image_runs_the_original_manifest_way() {
+    let original = OriginalApp::new();
+    let name = format!("director-test-original-{}", std::process::id());
+    let mut command = Command::new("docker");
+    command.args(["run", "--rm", "--name", &name, "--network", "host"]);
+    command.args(["--read-only", "--cap-drop", "ALL"]);
+    for dir in MOUNTED {
+        let host = original.app.join(dir);
+        command.args(["-v", &format!("{}:/app/{dir}:ro", host.display())]);
+    }
+    command.args(["-e", "METRICS_ADDR=127.0.0.1:0"]);
+    command.args(["--entrypoint", "/app/director", &image()]);
+    command.args(original_args(&original.world));
+    let director =
+        original.assigns_through_the_accelerators(|| Director::in_container(command, name));
+    assert_eq!(
+        director
+            .lines_with("Started with the original director's flags")
+            .len(),
+        1
     );
 }

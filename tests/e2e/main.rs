@@ -9,6 +9,7 @@ mod world;
 
 mod accelerator;
 mod check;
+mod dropin;
 mod failures;
 mod image;
 mod operations;
