@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::allocator::{AddressSource, ADDRESS_TYPES};
@@ -108,8 +109,8 @@ pub struct AgonesConfig {
 pub struct MappingConfig {
     /// The directory, watched for changes.
     pub dir: PathBuf,
-    /// Every region's mapping as loaded at start.
-    pub loaded: Mappings,
+    /// Every region's mapping as loaded at start (shared with the pipeline, not copied).
+    pub loaded: Arc<Mappings>,
 }
 
 impl AgonesConfig {
@@ -405,7 +406,10 @@ fn read_mapping(r: &mut Reader, regions: &[String]) -> Option<Option<MappingConf
     };
     let dir = PathBuf::from(dir);
     match mapping::load(&dir, regions) {
-        Ok(loaded) => Some(Some(MappingConfig { dir, loaded })),
+        Ok(loaded) => Some(Some(MappingConfig {
+            dir,
+            loaded: Arc::new(loaded),
+        })),
         Err(problems) => {
             for problem in problems {
                 r.problem("GA_MAPPING_DIR", &problem);

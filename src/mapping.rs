@@ -27,7 +27,7 @@ use crate::rotation::{Reloadable, Versioned};
 const BAD_KEYS_SHOWN: usize = 5;
 
 /// One region's accelerator and mapping.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RegionMapping {
     /// The accelerator's DNS name.
     pub accelerator: String,
@@ -62,7 +62,7 @@ impl RegionMapping {
 }
 
 /// Every region's mapping.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Mappings {
     /// By region.
     pub regions: BTreeMap<String, RegionMapping>,

@@ -31,9 +31,14 @@ pub struct Versioned<T> {
 impl<T> Versioned<T> {
     /// Generation 0 holding `value`.
     pub fn new(value: T) -> Versioned<T> {
+        Versioned::shared(Arc::new(value))
+    }
+
+    /// Generation 0 holding a value already shared elsewhere.
+    pub fn shared(value: Arc<T>) -> Versioned<T> {
         Versioned {
             generation: AtomicU64::new(0),
-            value: RwLock::new(Arc::new(value)),
+            value: RwLock::new(value),
         }
     }
 

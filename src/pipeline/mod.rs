@@ -369,7 +369,7 @@ fn shared_state(config: &Config, shutdown: &Arc<Shutdown>) -> Shared {
         allocator_connections: config.allocator_connections,
         mappings: config.mapping.as_ref().map(|mapping| {
             mapping.loaded.publish(&metrics);
-            Arc::new(Versioned::new(mapping.loaded.clone()))
+            Arc::new(Versioned::shared(Arc::clone(&mapping.loaded)))
         }),
     }
 }

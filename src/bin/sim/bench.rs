@@ -163,9 +163,14 @@ pub fn run(options: Options) -> ExitCode {
             rows.push(regions_alone(runs, Some("us-east-1")));
         }
     }
-    let table = markdown(&rows, runs);
-    print!("{table}");
-    if let Err(error) = write_json(&rows) {
+    let mapping = (!options.quick && options.wants("8")).then(|| crate::mapping_bench::run(runs));
+    if !rows.is_empty() {
+        print!("{}", markdown(&rows, runs));
+    }
+    if let Some(mapping) = &mapping {
+        print!("{}", mapping.markdown());
+    }
+    if let Err(error) = write_json(&rows, mapping.as_ref().map(|m| m.json())) {
         eprintln!("sim: cannot write target/bench/results.json: {error}");
         return ExitCode::FAILURE;
     }
@@ -619,8 +624,8 @@ fn json_spread(spread: Option<Spread>) -> String {
     )
 }
 
-fn write_json(rows: &[Row]) -> std::io::Result<()> {
-    let entries: Vec<String> = rows
+fn write_json(rows: &[Row], mapping: Option<String>) -> std::io::Result<()> {
+    let mut entries: Vec<String> = rows
         .iter()
         .map(|row| {
             let fields: Vec<String> = figures(row)
@@ -636,6 +641,7 @@ fn write_json(rows: &[Row]) -> std::io::Result<()> {
             )
         })
         .collect();
+    entries.extend(mapping.map(|json| format!("  {json}")));
     std::fs::create_dir_all("target/bench")?;
     std::fs::write(
         "target/bench/results.json",

@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod mapping_bench;
 mod soak;
 mod world;
 

@@ -33,6 +33,8 @@ pub struct WorldConfig {
     pub pending_release_timeout: Duration,
     /// Whether the Director serves its operations port (on a free port, see its log).
     pub operations_port: bool,
+    /// GA_MAPPING_DIR, if any.
+    pub mapping_dir: Option<std::path::PathBuf>,
 }
 
 /// The Director's SHUTDOWN_TIMEOUT in the simulation.
@@ -57,6 +59,7 @@ impl Default for WorldConfig {
             interval: Duration::from_millis(250),
             pending_release_timeout: Duration::from_secs(60),
             operations_port: false,
+            mapping_dir: None,
         }
     }
 }
@@ -224,6 +227,9 @@ impl World {
                 .map(|(region, allocator)| format!("{region}=127.0.0.1:{}", allocator.port))
                 .collect();
             command.env("AGONES_ALLOCATOR_ENDPOINTS", endpoints.join(","));
+        }
+        if let Some(dir) = &c.mapping_dir {
+            command.env("GA_MAPPING_DIR", dir);
         }
         if let Some(threads) = c.allocator_threads {
             command.env("ALLOCATOR_THREADS", threads.to_string());
