@@ -77,10 +77,12 @@ bench: tools
 
 ## soak: the Director for SOAK_MINUTES (default 10) under random faults, then SIGTERM; fails on a
 ##       lost or doubly assigned match, RSS growth over 10 %, a slow probe or a late exit
+##       (SOAK_DIRECTOR=dist/director soaks the shipped static binary instead of this machine's build)
 SOAK_MINUTES ?= 10
+SOAK_DIRECTOR ?=
 soak: tools
 	$(CARGO) build --release --locked --features sim --bin sim --bin director
-	$(SIM) soak --minutes $(SOAK_MINUTES)
+	$(SIM) soak --minutes $(SOAK_MINUTES) $(if $(SOAK_DIRECTOR),--director $(abspath $(SOAK_DIRECTOR)))
 
 ## fmt: format the code
 fmt:

@@ -35,6 +35,10 @@ pub struct WorldConfig {
     pub operations_port: bool,
     /// GA_MAPPING_DIR, if any.
     pub mapping_dir: Option<std::path::PathBuf>,
+    /// The `director` binary to run; `None`: the one next to this simulator.
+    pub director: Option<std::path::PathBuf>,
+    /// Extra environment of the Director process.
+    pub director_env: Vec<(String, String)>,
 }
 
 /// The Director's SHUTDOWN_TIMEOUT in the simulation.
@@ -60,6 +64,8 @@ impl Default for WorldConfig {
             pending_release_timeout: Duration::from_secs(60),
             operations_port: false,
             mapping_dir: None,
+            director: None,
+            director_env: Vec::new(),
         }
     }
 }
@@ -186,10 +192,12 @@ impl World {
         self.rotate_client_certificate();
         let cert = self.dir.path().join("agones-tls/tls.crt");
         let key = self.dir.path().join("agones-tls/tls.key");
-        let binary = std::env::current_exe()
-            .expect("own path")
-            .with_file_name("director");
         let c = &self.config;
+        let binary = c.director.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("director")
+        });
         let mut command = Command::new(&binary);
         command
             .env_clear()
@@ -228,6 +236,7 @@ impl World {
                 .collect();
             command.env("AGONES_ALLOCATOR_ENDPOINTS", endpoints.join(","));
         }
+        command.envs(c.director_env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &c.mapping_dir {
             command.env("GA_MAPPING_DIR", dir);
         }
