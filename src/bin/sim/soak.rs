@@ -179,10 +179,14 @@ pub fn run(options: Options) -> ExitCode {
         session: Duration::from_secs(20),
         operations_port: true,
         director: options.director.clone(),
-        // A glibc build keeps a malloc arena per busy thread, and the HTTP listener's connection
-        // threads come and go by the thousand here: with two arenas, like the single heap of the
-        // shipped musl binary, RSS growth measures the Director rather than glibc's arenas.
-        director_env: vec![("MALLOC_ARENA_MAX".into(), "2".into())],
+        // The HTTP listener's connection threads come and go by the thousand here. A glibc build
+        // keeps the stacks of ended threads (up to 40 MiB) and a malloc arena per busy thread;
+        // without either, like the shipped musl binary, RSS growth measures the Director rather
+        // than glibc's caches. (Ignored by the static binary.)
+        director_env: vec![(
+            "GLIBC_TUNABLES".into(),
+            "glibc.pthread.stack_cache_size=0:glibc.malloc.arena_max=2".into(),
+        )],
         ..WorldConfig::default()
     };
     let mut world = World::start(config);
@@ -369,17 +373,14 @@ fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
             totals.received
         )
     });
-    findings.check(om.timed_out == 0, || {
-        format!(
-            "{} tickets were returned by Open Match's pending-release timeout",
-            om.timed_out
-        )
-    });
+    // Only the tickets of matches the Director counted as abandoned (Open Match unreachable for
+    // the release) may still be pending, or have come back through the pending-release timeout.
     let abandoned_tickets = totals.abandoned * 4;
-    findings.check(pending as u64 <= abandoned_tickets, || {
+    let left_to_open_match = (pending + om.timed_out) as u64;
+    findings.check(left_to_open_match <= abandoned_tickets, || {
         format!(
-            "{pending} tickets left pending, but only {} abandoned matches counted",
-            totals.abandoned
+            "{pending} tickets left pending and {} returned by the pending-release timeout, but only {} abandoned matches counted",
+            om.timed_out, totals.abandoned
         )
     });
 }
