@@ -19,7 +19,8 @@ const USAGE: &str = "usage:
            [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
            [--regions A,B] [--threads N]
   sim bench [--quick | --only SCENARIO]
-  sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC] [--director PATH]";
+  sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC] [--director PATH]
+           [--faults AllocatorUnavailable,AllocatorHang,AllocatorReset,OpenMatchRestart,CertificateRotation,SlowHttpClients]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

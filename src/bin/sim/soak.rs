@@ -23,6 +23,8 @@ pub struct Options {
     /// The `director` binary to soak (for example the shipped static one); `None`: the one next
     /// to this simulator.
     director: Option<std::path::PathBuf>,
+    /// The fault kinds to draw from (all by default; none to measure the load alone).
+    faults: Vec<Fault>,
 }
 
 impl Options {
@@ -31,6 +33,7 @@ impl Options {
             duration: Duration::from_secs(600),
             arrival_rate: 100.0,
             director: None,
+            faults: FAULTS.to_vec(),
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -40,6 +43,19 @@ impl Options {
                 }
                 "--arrival-rate" => options.arrival_rate = flag_value(flag, args.next())?,
                 "--director" => options.director = Some(flag_value(flag, args.next())?),
+                "--faults" => {
+                    let names: String = flag_value(flag, args.next())?;
+                    options.faults = names
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(|name| {
+                            FAULTS
+                                .into_iter()
+                                .find(|f| format!("{f:?}") == name)
+                                .ok_or_else(|| format!("--faults: unknown fault {name}"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -78,6 +94,7 @@ const FAULT_PERIOD: Duration = Duration::from_secs(5);
 
 /// The fault in force, and what it holds.
 struct Injector {
+    kinds: Vec<Fault>,
     counts: HashMap<Fault, usize>,
     hostile: Option<HostileClients>,
 }
@@ -86,7 +103,10 @@ impl Injector {
     /// Ends the current fault and starts a random one.
     fn next(&mut self, world: &mut World, operations: SocketAddr) {
         self.end(world);
-        let fault = FAULTS[world.random_below(FAULTS.len() as u64) as usize];
+        if self.kinds.is_empty() {
+            return;
+        }
+        let fault = self.kinds[world.random_below(self.kinds.len() as u64) as usize];
         let which = world.random_below(world.config.regions.len() as u64) as usize;
         let region = world.config.regions[which].clone();
         match fault {
@@ -207,6 +227,7 @@ pub fn run(options: Options) -> ExitCode {
     );
     let mut findings = Findings::default();
     let mut injector = Injector {
+        kinds: options.faults.clone(),
         counts: HashMap::new(),
         hostile: None,
     };
