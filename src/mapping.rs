@@ -163,15 +163,7 @@ fn snapshot(dir: &Path, regions: &[String]) -> Vec<(PathBuf, Vec<u8>)> {
     regions
         .iter()
         .enumerate()
-        .flat_map(|(index, region)| {
-            [
-                format!("mapping-{region}.gz"),
-                format!("mapping-{region}.json"),
-                format!("accelerator-{region}"),
-                format!("mapping{}.gz", index + 1),
-                format!("accelerator{}", index + 1),
-            ]
-        })
+        .flat_map(|(index, region)| FileNames::of(region, index + 1).all())
         .map(|name| {
             let path = dir.join(name);
             let bytes = std::fs::read(&path).unwrap_or_default();
@@ -227,29 +219,67 @@ pub fn load(dir: &Path, regions: &[String]) -> Result<Mappings, Vec<String>> {
     }
 }
 
-/// The files of the region at 1-based `position`, by the rules in the module's documentation.
-pub fn region_files(dir: &Path, region: &str, position: usize) -> Result<[PathBuf; 2], String> {
-    let by_name = [
-        format!("mapping-{region}.gz"),
-        format!("mapping-{region}.json"),
-    ]
-    .map(|name| dir.join(name))
-    .into_iter()
-    .find(|path| path.exists());
-    let accelerator_by_name = dir.join(format!("accelerator-{region}"));
-    if let Some(mapping) = by_name {
-        if accelerator_by_name.exists() {
-            return Ok([mapping, accelerator_by_name]);
+/// The names a region's files may have, at 1-based `position` in REGIONS: its own mapping (gzip or
+/// JSON) and accelerator, then the guidance's `mapping<i>.gz` and `accelerator<i>`.
+struct FileNames {
+    own_mappings: [String; 2],
+    own_accelerator: String,
+    guidance_mapping: String,
+    guidance_accelerator: String,
+}
+
+impl FileNames {
+    fn of(region: &str, position: usize) -> FileNames {
+        FileNames {
+            own_mappings: [
+                format!("mapping-{region}.gz"),
+                format!("mapping-{region}.json"),
+            ],
+            own_accelerator: format!("accelerator-{region}"),
+            guidance_mapping: format!("mapping{position}.gz"),
+            guidance_accelerator: format!("accelerator{position}"),
         }
     }
-    let mapping = dir.join(format!("mapping{position}.gz"));
-    let accelerator = dir.join(format!("accelerator{position}"));
+
+    /// Every name, to watch them all.
+    fn all(self) -> [String; 5] {
+        let [gz, json] = self.own_mappings;
+        [
+            gz,
+            json,
+            self.own_accelerator,
+            self.guidance_mapping,
+            self.guidance_accelerator,
+        ]
+    }
+}
+
+/// The files of the region at 1-based `position`, by the rules in the module's documentation.
+pub fn region_files(dir: &Path, region: &str, position: usize) -> Result<[PathBuf; 2], String> {
+    let names = FileNames::of(region, position);
+    let own_mapping = names
+        .own_mappings
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists());
+    let own_accelerator = dir.join(&names.own_accelerator);
+    if let Some(mapping) = own_mapping {
+        if own_accelerator.exists() {
+            return Ok([mapping, own_accelerator]);
+        }
+    }
+    let mapping = dir.join(&names.guidance_mapping);
+    let accelerator = dir.join(&names.guidance_accelerator);
     if mapping.exists() && accelerator.exists() {
         return Ok([mapping, accelerator]);
     }
+    let [gz, json] = &names.own_mappings;
     Err(format!(
-        "no mapping for region {region} in {}: looked for mapping-{region}.gz or mapping-{region}.json with accelerator-{region}, and mapping{position}.gz with accelerator{position}",
-        dir.display()
+        "no mapping for region {region} in {}: looked for {gz} or {json} with {}, and {} with {}",
+        dir.display(),
+        names.own_accelerator,
+        names.guidance_mapping,
+        names.guidance_accelerator
     ))
 }
 

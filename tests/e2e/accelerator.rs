@@ -9,7 +9,7 @@ use std::path::Path;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::director::{get, operations_address, sample, wait_until};
+use crate::director::{get, operations_address, sample, sample_if_any, wait_until};
 use crate::world::{final_accounting, stop, World, WAIT};
 use agones_openmatch_director::doubles::certs::SecretVolume;
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
@@ -122,10 +122,8 @@ fn players_get_their_regions_accelerator_and_mapping_changes_apply_while_corrupt
         .iter()
         .filter_map(|region| {
             let series =
-                format!("director_connection_translation_misses_total{{region=\"{region}\"}} ");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+                format!("director_connection_translation_misses_total{{region=\"{region}\"}}");
+            sample_if_any(&metrics, &series)
         })
         .sum();
     assert_eq!(misses, 1.0, "{metrics}");

@@ -266,10 +266,13 @@ pub fn get(address: SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of the sample whose name and labels are exactly `series`.
 pub fn sample(metrics: &str, series: &str) -> f64 {
+    sample_if_any(metrics, series).unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+/// The value of the sample whose name and labels are exactly `series`, if it exists yet.
+pub fn sample_if_any(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
+        .map(|value| value.parse().unwrap())
 }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::director::{get, operations_address, sample, wait_until};
+use crate::director::{get, operations_address, sample, sample_if_any, wait_until};
 use crate::world::{stop, World, WAIT};
 use agones_openmatch_director::doubles::agones::Reply;
 use agones_openmatch_director::doubles::certs::{SecretVolume, TestCa, Usage};
@@ -61,11 +61,9 @@ fn metrics_count_what_the_doubles_saw() {
         .iter()
         .filter_map(|region| {
             let series = format!(
-                "director_allocations_total{{region=\"{region}\",result=\"RESOURCE_EXHAUSTED\"}} "
+                "director_allocations_total{{region=\"{region}\",result=\"RESOURCE_EXHAUSTED\"}}"
             );
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+            sample_if_any(&metrics, &series)
         })
         .sum();
     assert_eq!(exhausted, 2.0);
