@@ -63,24 +63,31 @@ impl Worker {
 
     pub(super) fn run(mut self, queue: Receiver<MatchJob>) {
         while let Ok(job) = self.heartbeat.waiting(|| queue.recv()) {
-            self.shared.metrics.dequeued();
-            self.refresh_clients();
-            if self.shared.shutdown.is_forced() {
-                self.release_queued(job, &queue);
-                continue;
-            }
-            let outcome =
-                catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
-                    log::error!(
-                        "Bug: a worker panicked while handling match {}; releasing its tickets",
-                        job.match_id
-                    );
-                    self.release(&job, self.shared.assign.budget, "the worker panicked")
-                });
-            self.shared.metrics.matches_finished.inc(&[outcome.label()]);
-            self.heartbeat.progress();
+            self.take(job, &queue);
         }
         self.heartbeat.exited();
+    }
+
+    /// Handles one match taken off the queue. Never inlined into `run`: a worker waits for its
+    /// next match in `run`'s small stack frame, so a thread that has not handled a match yet keeps
+    /// only a few pages of stack resident (the per-match frames are large).
+    #[inline(never)]
+    fn take(&mut self, job: MatchJob, queue: &Receiver<MatchJob>) {
+        self.shared.metrics.dequeued();
+        self.refresh_clients();
+        if self.shared.shutdown.is_forced() {
+            self.release_queued(job, queue);
+            return;
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
+            log::error!(
+                "Bug: a worker panicked while handling match {}; releasing its tickets",
+                job.match_id
+            );
+            self.release(&job, self.shared.assign.budget, "the worker panicked")
+        });
+        self.shared.metrics.matches_finished.inc(&[outcome.label()]);
+        self.heartbeat.progress();
     }
 
     /// After the shutdown deadline: `job` and every match still queued go back to the pool in

@@ -7,9 +7,11 @@
 //! use: when it nears the machine's cores, the simulator, not the Director, is the limit.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::flag_value;
 use crate::world::{quantile, DirectorProcess, World, WorldConfig};
 
 /// Runs of every row.
@@ -25,25 +27,28 @@ pub struct Options {
     quick: bool,
     /// Only the scenarios whose name starts with this (e.g. `2` for the latency sweep).
     only: Option<String>,
+    /// The `director` binary to measure (for example the shipped static one); `None`: the one
+    /// next to this simulator.
+    director: Option<PathBuf>,
 }
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
-        match args {
-            [] => Ok(Options {
-                quick: false,
-                only: None,
-            }),
-            [flag] if flag == "--quick" => Ok(Options {
-                quick: true,
-                only: None,
-            }),
-            [flag, scenario] if flag == "--only" => Ok(Options {
-                quick: false,
-                only: Some(scenario.clone()),
-            }),
-            _ => Err("bench takes --quick, or --only SCENARIO (a scenario number)".to_string()),
+        let mut options = Options {
+            quick: false,
+            only: None,
+            director: None,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            match flag.as_str() {
+                "--quick" => options.quick = true,
+                "--only" => options.only = Some(flag_value(flag, args.next())?),
+                "--director" => options.director = Some(flag_value(flag, args.next())?),
+                other => return Err(format!("unknown flag {other}")),
+            }
         }
+        Ok(options)
     }
 
     /// Whether to run `scenario`.
@@ -51,6 +56,40 @@ impl Options {
         self.only
             .as_ref()
             .is_none_or(|only| scenario.starts_with(only.as_str()))
+    }
+}
+
+/// What every scenario shares: how many times each row runs, and the Director it runs.
+pub struct Bench {
+    pub runs: usize,
+    director: Option<PathBuf>,
+}
+
+impl Bench {
+    /// The default world, running the Director under measurement.
+    pub fn world(&self) -> WorldConfig {
+        WorldConfig {
+            director: self.director.clone(),
+            ..WorldConfig::default()
+        }
+    }
+
+    /// Runs `scenario` [`Bench::runs`] times.
+    fn repeat(&self, scenario: impl Fn() -> Measured) -> Vec<Measured> {
+        let runs = self.runs;
+        (0..runs)
+            .map(|run| {
+                let measured = scenario();
+                eprintln!(
+                    "sim: run {}/{runs}: {} matches, {:.0}/s, sim {:.2} cores",
+                    run + 1,
+                    measured.matches,
+                    measured.rate(),
+                    measured.sim_cores
+                );
+                measured
+            })
+            .collect()
     }
 }
 
@@ -125,47 +164,51 @@ impl Row {
 }
 
 pub fn run(options: Options) -> ExitCode {
-    let runs = if options.quick { 1 } else { RUNS };
+    let bench = Bench {
+        runs: if options.quick { 1 } else { RUNS },
+        director: options.director.clone(),
+    };
+    let bench = &bench;
     let mut rows = Vec::new();
     if options.quick {
-        rows.push(saturation(runs, 100));
-        rows.push(latency_sweep(runs, Duration::from_millis(20), 100));
+        rows.push(saturation(bench, 100));
+        rows.push(latency_sweep(bench, Duration::from_millis(20), 100));
     } else {
         if options.wants("1") {
-            rows.push(saturation(runs, 25_000));
+            rows.push(saturation(bench, 25_000));
         }
         if options.wants("2") {
             for latency_ms in [20, 50, 100, 250] {
                 let latency = Duration::from_millis(latency_ms);
-                rows.push(latency_sweep(runs, latency, sweep_backlog(latency)));
+                rows.push(latency_sweep(bench, latency, sweep_backlog(latency)));
             }
         }
         if options.wants("3") {
             let twenty = Duration::from_millis(20);
             for threads in [1, 8, 32] {
-                rows.push(latency_bound(runs, 1, threads, twenty));
+                rows.push(latency_bound(bench, 1, threads, twenty));
             }
             // The simulator itself serves 400+/s at 250 ms: it is not what limits the sweep.
-            rows.push(latency_bound(runs, 2, 64, Duration::from_millis(250)));
+            rows.push(latency_bound(bench, 2, 64, Duration::from_millis(250)));
         }
         if options.wants("4") {
-            rows.push(time_to_assignment(runs));
+            rows.push(time_to_assignment(bench));
         }
         if options.wants("5") {
-            rows.push(profiles_scale(runs, "2 regions × 5 bands", 2, 5));
-            rows.push(profiles_scale(runs, "20 regions × 10 bands", 20, 10));
+            rows.push(profiles_scale(bench, "2 regions × 5 bands", 2, 5));
+            rows.push(profiles_scale(bench, "20 regions × 10 bands", 20, 10));
         }
         if options.wants("6") {
-            rows.push(rate_limited(runs, 150.0));
+            rows.push(rate_limited(bench, 150.0));
         }
         if options.wants("7") {
-            rows.push(regions_alone(runs, None));
-            rows.push(regions_alone(runs, Some("us-east-1")));
+            rows.push(regions_alone(bench, None));
+            rows.push(regions_alone(bench, Some("us-east-1")));
         }
     }
-    let mapping = (!options.quick && options.wants("8")).then(|| crate::mapping_bench::run(runs));
+    let mapping = (!options.quick && options.wants("8")).then(|| crate::mapping_bench::run(bench));
     if !rows.is_empty() {
-        print!("{}", markdown(&rows, runs));
+        print!("{}", markdown(&rows, bench.runs));
     }
     if let Some(mapping) = &mapping {
         print!("{}", mapping.markdown());
@@ -178,34 +221,17 @@ pub fn run(options: Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Runs `scenario` `runs` times.
-fn repeat(runs: usize, scenario: impl Fn() -> Measured) -> Vec<Measured> {
-    (0..runs)
-        .map(|run| {
-            let measured = scenario();
-            eprintln!(
-                "sim: run {}/{runs}: {} matches, {:.0}/s, sim {:.2} cores",
-                run + 1,
-                measured.matches,
-                measured.rate(),
-                measured.sim_cores
-            );
-            measured
-        })
-        .collect()
-}
-
 /// Scenario 1: no allocator latency, a large backlog; how fast and how cheaply the Director works.
-fn saturation(runs: usize, matches: usize) -> Row {
+fn saturation(bench: &Bench, matches: usize) -> Row {
     let config = WorldConfig {
         fleet_per_region: matches,
         session: Duration::from_secs(3600),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     Row {
         scenario: "1 saturation",
         setup: format!("latency 0, backlog {matches} matches, defaults"),
-        runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
+        runs: bench.repeat(|| backlog(config.clone(), matches, &[10.0])),
         ideal: None,
         throughput: true,
         waits: false,
@@ -221,12 +247,12 @@ fn sweep_backlog(latency: Duration) -> usize {
 
 /// Scenario 2: the default configuration (10 profiles, 2 regions) against an allocator that
 /// answers after `latency`, with a backlog in every profile.
-fn latency_sweep(runs: usize, latency: Duration, matches: usize) -> Row {
+fn latency_sweep(bench: &Bench, latency: Duration, matches: usize) -> Row {
     let config = WorldConfig {
         fleet_per_region: matches,
         session: Duration::from_secs(3600),
         allocator_latency: latency,
-        ..WorldConfig::default()
+        ..bench.world()
     };
     // One player latency per band of the default RANGES, so that all ten profiles have matches.
     let bands = [10.0, 30.0, 60.0, 80.0, 150.0];
@@ -236,7 +262,7 @@ fn latency_sweep(runs: usize, latency: Duration, matches: usize) -> Row {
             "latency {} ms, defaults (2 regions × {DEFAULT_THREADS_PER_REGION} threads), backlog {matches} matches in 10 profiles",
             latency.as_millis()
         ),
-        runs: repeat(runs, || backlog(config.clone(), matches, &bands)),
+        runs: bench.repeat(|| backlog(config.clone(), matches, &bands)),
         ideal: Some(2.0 * DEFAULT_THREADS_PER_REGION as f64 / latency.as_secs_f64()),
         throughput: true,
         waits: false,
@@ -245,7 +271,7 @@ fn latency_sweep(runs: usize, latency: Duration, matches: usize) -> Row {
 
 /// Scenario 3: `threads` per region for `regions` regions at `latency`; throughput against
 /// regions × threads / latency.
-fn latency_bound(runs: usize, regions: usize, threads: usize, latency: Duration) -> Row {
+fn latency_bound(bench: &Bench, regions: usize, threads: usize, latency: Duration) -> Row {
     let ideal = (regions * threads) as f64 / latency.as_secs_f64();
     let matches = (ideal * STEADY.as_secs_f64()) as usize;
     let config = WorldConfig {
@@ -254,7 +280,7 @@ fn latency_bound(runs: usize, regions: usize, threads: usize, latency: Duration)
         session: Duration::from_secs(3600),
         allocator_latency: latency,
         allocator_threads: Some(threads),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     Row {
         scenario: "3 latency-bound",
@@ -262,7 +288,7 @@ fn latency_bound(runs: usize, regions: usize, threads: usize, latency: Duration)
             "latency {} ms, {regions} region(s) × {threads} threads, backlog {matches} matches",
             latency.as_millis()
         ),
-        runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
+        runs: bench.repeat(|| backlog(config.clone(), matches, &[10.0])),
         ideal: Some(ideal),
         throughput: true,
         waits: false,
@@ -270,12 +296,12 @@ fn latency_bound(runs: usize, regions: usize, threads: usize, latency: Duration)
 }
 
 /// Scenario 4: moderate load; time from a match on the stream to its AssignTickets.
-fn time_to_assignment(runs: usize) -> Row {
+fn time_to_assignment(bench: &Bench) -> Row {
     let config = WorldConfig {
         fleet_per_region: 2000,
         session: Duration::from_secs(3600),
         interval: Duration::from_millis(100),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     let run = || {
         let mut world = World::start(config.clone());
@@ -301,7 +327,7 @@ fn time_to_assignment(runs: usize) -> Row {
     Row {
         scenario: "4 time-to-assignment",
         setup: "200 players/s for 10 s, latency 0, defaults".to_string(),
-        runs: repeat(runs, run),
+        runs: bench.repeat(run),
         ideal: None,
         throughput: false,
         waits: true,
@@ -310,7 +336,7 @@ fn time_to_assignment(runs: usize) -> Row {
 
 /// Scenario 6: ALLOCATE_RATE_LIMIT below what the defaults could do at 20 ms; the rate should
 /// be the limit's.
-fn rate_limited(runs: usize, per_region: f64) -> Row {
+fn rate_limited(bench: &Bench, per_region: f64) -> Row {
     let regions = 2.0;
     let ideal = regions * per_region;
     let matches = (ideal * STEADY.as_secs_f64()) as usize;
@@ -319,14 +345,14 @@ fn rate_limited(runs: usize, per_region: f64) -> Row {
         session: Duration::from_secs(3600),
         allocator_latency: Duration::from_millis(20),
         allocate_rate_limit: Some(per_region),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     Row {
         scenario: "6 rate limit",
         setup: format!(
             "ALLOCATE_RATE_LIMIT={per_region} per region, latency 20 ms, defaults, backlog {matches} matches"
         ),
-        runs: repeat(runs, || backlog(config.clone(), matches, &[10.0])),
+        runs: bench.repeat(|| backlog(config.clone(), matches, &[10.0])),
         ideal: Some(ideal),
         throughput: true,
         waits: false,
@@ -336,7 +362,7 @@ fn rate_limited(runs: usize, per_region: f64) -> Row {
 /// Scenario 7: three regions, each with its own allocator at 20 ms and 8 threads; with `hung`,
 /// that region's allocator answers no call. The healthy regions' rate against their ideal, and
 /// their waits from stream to assignment, next to the same run with no region hanging.
-fn regions_alone(runs: usize, hung: Option<&str>) -> Row {
+fn regions_alone(bench: &Bench, hung: Option<&str>) -> Row {
     let threads = 8;
     let latency = Duration::from_millis(20);
     let regions: Vec<String> = (1..=3).map(|r| format!("us-east-{r}")).collect();
@@ -351,7 +377,7 @@ fn regions_alone(runs: usize, hung: Option<&str>) -> Row {
         allocator_threads: Some(threads),
         allocator_per_region: true,
         hang: hung.map(String::from),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     let run = || {
         let mut world = World::start(config.clone());
@@ -375,7 +401,7 @@ fn regions_alone(runs: usize, hung: Option<&str>) -> Row {
             "3 regions, an allocator each at 20 ms, {threads} threads per region, backlog {per_region} matches per region; {}",
             hung.map_or("no region hangs".to_string(), |r| format!("{r}'s allocator hangs: the 2 others"))
         ),
-        runs: repeat(runs, run),
+        runs: bench.repeat(run),
         ideal: Some(ideal),
         throughput: true,
         waits: true,
@@ -383,7 +409,7 @@ fn regions_alone(runs: usize, hung: Option<&str>) -> Row {
 }
 
 /// Scenario 5: many profiles; Director CPU and memory idle and under a backlog.
-fn profiles_scale(runs: usize, label: &str, regions: usize, bands: usize) -> Row {
+fn profiles_scale(bench: &Bench, label: &str, regions: usize, bands: usize) -> Row {
     // About six seconds of backlog at what these sizes reach here.
     let matches = if regions * bands <= 10 {
         30_000
@@ -401,7 +427,7 @@ fn profiles_scale(runs: usize, label: &str, regions: usize, bands: usize) -> Row
             .join(","),
         fleet_per_region: matches,
         session: Duration::from_secs(3600),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     let run = || {
         let mut world = World::start(config.clone());
@@ -436,7 +462,7 @@ fn profiles_scale(runs: usize, label: &str, regions: usize, bands: usize) -> Row
             "{label} = {} profiles, backlog {matches} matches, defaults",
             regions * bands
         ),
-        runs: repeat(runs, run),
+        runs: bench.repeat(run),
         ideal: None,
         throughput: true,
         waits: false,

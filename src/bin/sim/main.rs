@@ -18,7 +18,7 @@ const USAGE: &str = "usage:
   sim demo [--duration SECS] [--arrival-rate PLAYERS_PER_SEC] [--fleet GAME_SERVERS_PER_REGION]
            [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
            [--regions A,B] [--threads N]
-  sim bench [--quick | --only SCENARIO]
+  sim bench [--quick | --only SCENARIO] [--director PATH]
   sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC] [--director PATH]
            [--faults AllocatorUnavailable,AllocatorHang,AllocatorReset,OpenMatchRestart,CertificateRotation,SlowHttpClients]";
 

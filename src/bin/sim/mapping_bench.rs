@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use agones_openmatch_director::doubles::certs::TempDir;
 use agones_openmatch_director::mapping;
 
+use crate::bench::Bench;
 use crate::world::{World, WorldConfig};
 
 /// Entries per region: two /22 subnets (2 × 1024 addresses) × 30 ports (7000–7029).
@@ -62,11 +63,11 @@ fn write_guidance_files(dir: &Path) -> f64 {
 }
 
 /// The idle Director's RSS (KiB) after [`SETTLE`], with the mappings in `dir` or without.
-fn idle_rss(mapping_dir: Option<&Path>) -> f64 {
+fn idle_rss(bench: &Bench, mapping_dir: Option<&Path>) -> f64 {
     let config = WorldConfig {
         regions: REGIONS.map(String::from).to_vec(),
         mapping_dir: mapping_dir.map(Path::to_path_buf),
-        ..WorldConfig::default()
+        ..bench.world()
     };
     let mut world = World::start(config);
     let mut director = world.start_director("warn");
@@ -80,7 +81,8 @@ fn idle_rss(mapping_dir: Option<&Path>) -> f64 {
     rss
 }
 
-pub fn run(runs: usize) -> MappingFigures {
+pub fn run(bench: &Bench) -> MappingFigures {
+    let runs = bench.runs;
     let dir = TempDir::new("bench-mapping");
     let gzipped_kib = write_guidance_files(dir.path());
     let regions: Vec<String> = REGIONS.map(String::from).to_vec();
@@ -111,8 +113,8 @@ pub fn run(runs: usize) -> MappingFigures {
             .lookup_ns
             .push(started.elapsed().as_secs_f64() * 1e9 / lookups as f64);
         assert_eq!(found, lookups, "every key is in the mapping");
-        figures.rss_without_kib.push(idle_rss(None));
-        figures.rss_with_kib.push(idle_rss(Some(dir.path())));
+        figures.rss_without_kib.push(idle_rss(bench, None));
+        figures.rss_with_kib.push(idle_rss(bench, Some(dir.path())));
         eprintln!("sim: mapping run {}/{runs} done", run + 1);
     }
     figures
