@@ -103,6 +103,17 @@ impl Circuit {
         !matches!(*lock(&self.state), State::Closed { .. })
     }
 
+    /// Whether new matches can be used now: the circuit is closed, or its pause is over and the
+    /// next call would be the probe. Matches fetched while it is open would only be released at
+    /// once, so the region's fetchers wait for this.
+    pub fn wants_matches(&self) -> bool {
+        match *lock(&self.state) {
+            State::Closed { .. } => true,
+            State::Open { until, .. } => Instant::now() >= until,
+            State::Probing { .. } => false,
+        }
+    }
+
     /// Records the result of an admitted call that started at `started`: `None` for success,
     /// else its status code.
     pub fn record(&self, started: Instant, failure: Option<RpcStatusCode>) -> Option<Transition> {
@@ -233,6 +244,20 @@ mod tests {
         );
         assert!(!circuit.is_open());
         assert_eq!(circuit.admit(), Admission::Call);
+    }
+
+    #[test]
+    fn matches_are_wanted_while_closed_and_when_a_probe_is_due_only() {
+        let circuit = Circuit::default();
+        assert!(circuit.wants_matches());
+        opened(&circuit);
+        assert!(!circuit.wants_matches(), "open, pausing");
+        pause_over(&circuit);
+        assert!(circuit.wants_matches(), "the probe is due");
+        assert_eq!(circuit.admit(), Admission::Probe);
+        assert!(!circuit.wants_matches(), "the probe is in flight");
+        circuit.record(Instant::now(), None);
+        assert!(circuit.wants_matches(), "closed again");
     }
 
     #[test]

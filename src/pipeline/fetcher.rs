@@ -11,6 +11,7 @@ use crossbeam_channel::{select, Sender};
 use grpcio::RpcStatusCode;
 
 use super::{release_and_count, waited_past_queue_timeout, MatchJob, Shared};
+use crate::circuit::Circuit;
 use crate::health::Heartbeat;
 use crate::openmatch::{FetchOutcome, OpenMatchClient};
 use crate::profiles::Profile;
@@ -23,13 +24,16 @@ pub(super) struct Fetcher {
     pub(super) profile: Arc<Profile>,
     /// Its region's queue.
     pub(super) queue: Sender<MatchJob>,
+    /// Its region's circuit breaker: no FetchMatches while it is open.
+    pub(super) circuit: Arc<Circuit>,
     pub(super) shared: Arc<Shared>,
     pub(super) heartbeat: Arc<Heartbeat>,
     pub(super) interval: Duration,
     pub(super) fetch_timeout: Duration,
 }
 
-/// How often a fetcher looks again for room in a full queue before its next FetchMatches.
+/// How often a fetcher waiting to start its next FetchMatches looks again for room in a full
+/// queue, or at its region's open circuit.
 const ROOM_POLL: Duration = Duration::from_millis(10);
 
 impl Fetcher {
@@ -95,13 +99,15 @@ impl Fetcher {
 
     /// Backpressure, applied before a FetchMatches call rather than during one: every match a
     /// stream carries is already pending in Open Match, so no stream starts while the queue is
-    /// full. Returns `false` once shutdown is requested.
+    /// full, or while the region's circuit is open (its matches would only go back to the pool
+    /// at once; the fetch resumes when the circuit's probe is due). Returns `false` once shutdown
+    /// is requested.
     fn wait_for_room(&self) -> bool {
         self.heartbeat.waiting(|| loop {
             if self.shared.shutdown.is_requested() {
                 return false;
             }
-            if !self.queue.is_full() {
+            if !self.queue.is_full() && self.circuit.wants_matches() {
                 return true;
             }
             select! {
@@ -294,6 +300,7 @@ mod tests {
         Fetcher {
             profile: Arc::new(build_profiles(&config.profiles).remove(0)),
             queue,
+            circuit: Arc::default(),
             heartbeat: shared.health.register("fetch", Duration::from_secs(30)),
             shared,
             interval: Duration::from_millis(50),

@@ -236,6 +236,7 @@ pub fn run(
                 .health
                 .register(&name, timing.fetch_timeout + LIVENESS_MARGIN),
             queue: regions[&profile.region].queue.0.clone(),
+            circuit: Arc::clone(&regions[&profile.region].circuit),
             profile: Arc::new(profile),
             shared: Arc::clone(&shared),
             interval: timing.interval,

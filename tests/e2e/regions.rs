@@ -165,6 +165,25 @@ fn one_region_down_the_other_unaffected(outage: Outage) {
     wait_until(WAIT, "us-east-1's matches released", || {
         world.all_released(&down)
     });
+    // While its circuit is open, us-east-1's profiles fetch nothing (their matches would only be
+    // released at once), but for one round when the probe is due; us-east-2's fetch every INTERVAL.
+    let fetches_of = |region: &str| {
+        let profiles = format!("latency-{region}-");
+        let om = world.om.state();
+        om.fetches
+            .iter()
+            .filter(|f| f.get_profile().get_name().starts_with(&profiles))
+            .count()
+    };
+    let (down_fetches, healthy_fetches) = (fetches_of("us-east-1"), fetches_of("us-east-2"));
+    wait_until(WAIT, "us-east-2's profiles fetching on", || {
+        fetches_of("us-east-2") >= healthy_fetches + 16
+    });
+    let fetched_while_open = fetches_of("us-east-1") - down_fetches;
+    assert!(
+        fetched_while_open <= 4,
+        "us-east-1's 2 profiles fetched {fetched_while_open} times while its circuit was open"
+    );
     let (status, body) = get(address, "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(
