@@ -75,14 +75,16 @@ bench: tools
 	$(CARGO) build --release --locked --features sim --bin sim --bin director
 	$(SIM) bench $(BENCH_ARGS)
 
-## soak: the Director for SOAK_MINUTES (default 10) under random faults, then SIGTERM; fails on a
-##       lost or doubly assigned match, RSS growth over 10 %, a slow probe or a late exit
-##       (SOAK_DIRECTOR=dist/director soaks the shipped static binary instead of this machine's build)
+## soak: the shipped static binary (built by `make static`) for SOAK_MINUTES (default 10) under
+##       random faults, then SIGTERM; fails on a lost or doubly assigned match, RSS growth over 10 %,
+##       a slow probe or a late exit. SOAK_DIRECTOR soaks another build, e.g. this machine's:
+##       make soak SOAK_DIRECTOR=$(TARGET_DIR)/release/director
 SOAK_MINUTES ?= 10
-SOAK_DIRECTOR ?=
+SOAK_DIRECTOR ?= dist/director
 soak: tools
+	$(if $(filter dist/director,$(SOAK_DIRECTOR)),$(MAKE) static)
 	$(CARGO) build --release --locked --features sim --bin sim --bin director
-	$(SIM) soak --minutes $(SOAK_MINUTES) $(if $(SOAK_DIRECTOR),--director $(abspath $(SOAK_DIRECTOR)))
+	$(SIM) soak --minutes $(SOAK_MINUTES) --director $(abspath $(SOAK_DIRECTOR))
 
 ## fmt: format the code
 fmt:

@@ -95,18 +95,38 @@ const FAULT_PERIOD: Duration = Duration::from_secs(5);
 /// The fault in force, and what it holds.
 struct Injector {
     kinds: Vec<Fault>,
+    /// The kinds not injected yet, in random order: each kind comes once before any comes twice,
+    /// so that the RSS baseline after the first minute includes every kind's first use.
+    first_round: Vec<Fault>,
     counts: HashMap<Fault, usize>,
     hostile: Option<HostileClients>,
 }
 
 impl Injector {
-    /// Ends the current fault and starts a random one.
+    fn new(kinds: Vec<Fault>, world: &mut World) -> Injector {
+        let mut first_round = kinds.clone();
+        for i in (1..first_round.len()).rev() {
+            let j = world.random_below(i as u64 + 1) as usize;
+            first_round.swap(i, j);
+        }
+        Injector {
+            kinds,
+            first_round,
+            counts: HashMap::new(),
+            hostile: None,
+        }
+    }
+
+    /// Ends the current fault and starts the next: a kind of the first round, then random ones.
     fn next(&mut self, world: &mut World, operations: SocketAddr) {
         self.end(world);
         if self.kinds.is_empty() {
             return;
         }
-        let fault = self.kinds[world.random_below(self.kinds.len() as u64) as usize];
+        let fault = match self.first_round.pop() {
+            Some(fault) => fault,
+            None => self.kinds[world.random_below(self.kinds.len() as u64) as usize],
+        };
         let which = world.random_below(world.config.regions.len() as u64) as usize;
         let region = world.config.regions[which].clone();
         match fault {
@@ -221,18 +241,15 @@ pub fn run(options: Options) -> ExitCode {
     };
     let baseline_at = Duration::from_secs(60).min(options.duration / 2);
     eprintln!(
-        "soak: {:.1} min, {} players/s, a random fault every {FAULT_PERIOD:?}; RSS baseline after {baseline_at:?}",
+        "soak: {:.1} min, {} players/s, a fault every {FAULT_PERIOD:?} (each kind once, then at random); RSS baseline after {baseline_at:?}",
         options.duration.as_secs_f64() / 60.0,
         options.arrival_rate
     );
     let mut findings = Findings::default();
-    let mut injector = Injector {
-        kinds: options.faults.clone(),
-        counts: HashMap::new(),
-        hostile: None,
-    };
+    let mut injector = Injector::new(options.faults.clone(), &mut world);
     let started = Instant::now();
     let (mut owed, mut baseline_rss, mut probes, mut probe_failures) = (0.0, None, 0, 0);
+    let mut baseline_anonymous = 0;
     let mut rss_by_minute = Vec::new();
     let (mut last_fault, mut last_second) = (started, started);
     while started.elapsed() < options.duration {
@@ -251,6 +268,7 @@ pub fn run(options: Options) -> ExitCode {
             }
             if baseline_rss.is_none() && started.elapsed() >= baseline_at {
                 baseline_rss = Some(director.rss_kib());
+                baseline_anonymous = director.anonymous_rss_kib();
             }
             if started.elapsed() >= Duration::from_secs(60 * (rss_by_minute.len() as u64 + 1)) {
                 rss_by_minute.push(director.rss_kib());
@@ -262,7 +280,7 @@ pub fn run(options: Options) -> ExitCode {
         }
     }
     injector.end(&mut world);
-    let end_rss = director.rss_kib();
+    let (end_rss, end_anonymous) = (director.rss_kib(), director.anonymous_rss_kib());
     let baseline_rss = baseline_rss.unwrap_or(end_rss);
 
     director.terminate();
@@ -315,7 +333,7 @@ pub fn run(options: Options) -> ExitCode {
         log.lock().unwrap().errors
     );
     eprintln!(
-        "soak: RSS {baseline_rss} KiB after {baseline_at:?}, {end_rss} KiB at the end ({:+.1} %); at the end of each minute: {rss_by_minute:?} KiB; /healthz {probes} probes, {probe_failures} slow; shutdown {shutdown:.2?} (bound {bound:?}), exit code {code:?}",
+        "soak: RSS {baseline_rss} KiB after {baseline_at:?}, {end_rss} KiB at the end ({:+.1} %; anonymous {baseline_anonymous} → {end_anonymous} KiB); at the end of each minute: {rss_by_minute:?} KiB; /healthz {probes} probes, {probe_failures} slow; shutdown {shutdown:.2?} (bound {bound:?}), exit code {code:?}",
         growth * 100.0
     );
     if findings.failures.is_empty() {

@@ -298,6 +298,11 @@ impl DirectorProcess {
         self.status_kib("VmRSS:")
     }
 
+    /// Anonymous resident memory now (RssAnon: heap and stacks, not the mapped binary) in KiB.
+    pub fn anonymous_rss_kib(&self) -> u64 {
+        self.status_kib("RssAnon:")
+    }
+
     fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
