@@ -246,6 +246,7 @@ pub fn run(options: Options) -> ExitCode {
         options.arrival_rate
     );
     let mut findings = Findings::default();
+    let threads_at_start = director.threads();
     let mut injector = Injector::new(options.faults.clone(), &mut world);
     let started = Instant::now();
     let (mut owed, mut baseline_rss, mut probes, mut probe_failures) = (0.0, None, 0, 0);
@@ -267,8 +268,8 @@ pub fn run(options: Options) -> ExitCode {
                 eprintln!("soak: probe failed: {problem}");
             }
             if baseline_rss.is_none() && started.elapsed() >= baseline_at {
-                baseline_rss = Some(director.rss_kib());
-                baseline_anonymous = director.anonymous_rss_kib();
+                let settled = settled_rss(&director, threads_at_start, &mut injector, &mut world);
+                (baseline_rss, baseline_anonymous) = (Some(settled.0), settled.1);
             }
             if started.elapsed() >= Duration::from_secs(60 * (rss_by_minute.len() as u64 + 1)) {
                 rss_by_minute.push(director.rss_kib());
@@ -279,8 +280,8 @@ pub fn run(options: Options) -> ExitCode {
             injector.next(&mut world, operations);
         }
     }
-    injector.end(&mut world);
-    let (end_rss, end_anonymous) = (director.rss_kib(), director.anonymous_rss_kib());
+    let (end_rss, end_anonymous) =
+        settled_rss(&director, threads_at_start, &mut injector, &mut world);
     let baseline_rss = baseline_rss.unwrap_or(end_rss);
 
     director.terminate();
@@ -425,6 +426,23 @@ fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
 }
 
 /// Polls `ready` every 10 ms until it gives a value or `timeout` passes.
+/// RSS and its anonymous part (KiB) with no fault in force: the fault is ended and the Director's
+/// threads are let fall back to their number before any fault (at most 5 s), so that what a fault
+/// holds only while it lasts (200 hostile connections, a thread each) is not counted.
+fn settled_rss(
+    director: &DirectorProcess,
+    threads_at_start: u64,
+    injector: &mut Injector,
+    world: &mut World,
+) -> (u64, u64) {
+    injector.end(world);
+    // One more thread: the connection of a probe may be open.
+    wait_for(Duration::from_secs(5), || {
+        (director.threads() <= threads_at_start + 1).then_some(())
+    });
+    (director.rss_kib(), director.anonymous_rss_kib())
+}
+
 fn wait_for<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {

@@ -290,20 +290,25 @@ impl DirectorProcess {
 
     /// Peak resident memory (VmHWM) in KiB, from /proc/PID/status.
     pub fn peak_rss_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
+        self.status_value("VmHWM:")
     }
 
     /// Resident memory now (VmRSS) in KiB, from /proc/PID/status.
     pub fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
+        self.status_value("VmRSS:")
     }
 
     /// Anonymous resident memory now (RssAnon: heap and stacks, not the mapped binary) in KiB.
     pub fn anonymous_rss_kib(&self) -> u64 {
-        self.status_kib("RssAnon:")
+        self.status_value("RssAnon:")
     }
 
-    fn status_kib(&self, field: &str) -> u64 {
+    /// The Director's threads now, from /proc/PID/status.
+    pub fn threads(&self) -> u64 {
+        self.status_value("Threads:")
+    }
+
+    fn status_value(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
