@@ -47,12 +47,12 @@ build: tools
 
 ## test: unit tests and end-to-end tests against the in-process doubles
 test: tools
-	$(CARGO) test --release --locked --features sim
+	$(CARGO) test --release --locked
 
 ## fuzz: the property tests of every parser of outside input, with many more cases than `make test`
 FUZZ_CASES ?= 20000
 fuzz: tools
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --features sim --lib fuzz::
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --lib fuzz::
 
 ## lint: formatting and clippy (the simulator included), warnings are errors
 lint: tools
@@ -129,7 +129,7 @@ deploy:
 
 ## image-test: run the image end to end against the in-process doubles (needs Docker)
 image-test: tools
-	DIRECTOR_IMAGE=$(IMAGE_REF) $(CARGO) test --release --locked --features sim --test e2e image:: -- --ignored --test-threads 1
+	DIRECTOR_IMAGE=$(IMAGE_REF) $(CARGO) test --release --locked --test e2e image:: -- --ignored --test-threads 1
 
 ## validate: director.yaml against the Kubernetes schemas (strict), Dockerfile.scratch with hadolint
 validate:

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use grpcio::{CallOption, Channel, Environment, RpcStatusCode};
 
-use crate::config::{host_port, is_label_value, AgonesConfig, AllocatorTarget};
+use crate::config::{host_port, AddressSource, AgonesConfig, AllocatorTarget};
+use crate::names::label_value;
 use crate::proto::allocation::{
     AllocationRequest, AllocationResponse, GameServerSelector, LabelSelector, MultiClusterSetting,
 };
@@ -133,44 +134,6 @@ fn multicluster_setting(config: &AgonesConfig, region: &str) -> MultiClusterSett
     }
     multicluster
 }
-
-/// `text` made into a valid Kubernetes label value: other characters become `-`, at most 63
-/// characters, starting and ending with a letter or digit.
-pub fn label_value(text: &str) -> String {
-    let replaced: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    let trimmed = replaced.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    debug_assert!(is_label_value(trimmed));
-    trimmed.to_string()
-}
-
-/// Which address of an allocated game server players get (GAMESERVER_ADDRESS).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AddressSource {
-    /// The response's `address` field (`status`).
-    Status,
-    /// The first `addresses[]` entry of this type (`InternalIP`, `ExternalIP`, `InternalDNS`,
-    /// `ExternalDNS`, `Hostname`).
-    Type(String),
-}
-
-/// The address types GAMESERVER_ADDRESS may name besides `status`.
-pub const ADDRESS_TYPES: [&str; 5] = [
-    "InternalIP",
-    "ExternalIP",
-    "InternalDNS",
-    "ExternalDNS",
-    "Hostname",
-];
 
 /// An allocated game server the players can connect to.
 #[derive(Debug, PartialEq, Eq)]
@@ -385,24 +348,6 @@ mod tests {
         let own = allocation_request(&config, "eu-north", "p", "m-2");
         assert!(!own.get_multiClusterSetting().get_enabled());
         assert!(!own.get_multiClusterSetting().has_policySelector());
-    }
-
-    #[test]
-    fn label_value_is_sanitized() {
-        assert_eq!(
-            label_value("latency-us-east-1-0-24"),
-            "latency-us-east-1-0-24"
-        );
-        assert_eq!(label_value("-a b/c-"), "a-b-c");
-        let long = label_value(&"x".repeat(100));
-        assert_eq!(long.len(), 63);
-        assert_eq!(label_value("prö:file ä"), "pr--file");
-        assert!(is_label_value(&label_value("prö:file ä")));
-        assert_eq!(
-            label_value("ä:ö"),
-            "",
-            "nothing valid is left: the empty value"
-        );
     }
 
     const STATUS: &AddressSource = &AddressSource::Status;

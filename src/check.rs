@@ -28,10 +28,9 @@ use rustls::{
 
 use crate::config::{Config, Endpoint, MappingConfig};
 use crate::openmatch::{self, OpenMatchClient};
-use crate::rotation::unix_now;
 use crate::sync::lock;
 use crate::tls::{self, TlsMaterial};
-use crate::x509::{format_utc, CertSummary, Validity};
+use crate::x509::{format_utc, unix_now, CertSummary, Validity};
 
 /// How long each network step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);

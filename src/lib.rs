@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: [`config`] → [`profiles`] → fetcher threads ([`openmatch`]) → a bounded
 //! queue → allocator workers ([`allocator`], then [`openmatch`] again to assign or release), all
-//! wired in [`pipeline`] and stopped through [`shutdown`].
+//! in [`pipeline`], started with what surrounds it by [`process`] and stopped through
+//! [`shutdown`]. ARCHITECTURE.md states the layers and which module may import which.
 #![warn(missing_docs)]
 
 pub mod allocator;
@@ -16,8 +17,10 @@ pub mod health;
 pub mod http;
 pub mod mapping;
 pub mod metrics;
+pub mod names;
 pub mod openmatch;
 pub mod pipeline;
+pub mod process;
 pub mod profiles;
 pub mod proto;
 pub mod ratelimit;

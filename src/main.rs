@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use agones_openmatch_director::config::{Config, Origin};
 use agones_openmatch_director::flags::{self, OriginalLayout};
-use agones_openmatch_director::pipeline::{self, Totals};
+use agones_openmatch_director::pipeline::Totals;
+use agones_openmatch_director::process;
 use agones_openmatch_director::profiles::{build_profiles, Profile};
 use agones_openmatch_director::shutdown::Shutdown;
 
@@ -93,7 +94,7 @@ fn run(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     grpcio::redirect_log();
-    match pipeline::run(&config, profiles, &shutdown) {
+    match process::run(&config, profiles, &shutdown) {
         Ok(totals) => {
             log_totals(&totals);
             ExitCode::SUCCESS

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use protobuf::well_known_types::{Int64Value, StringValue};
 use serde_json::{Map, Number, Value};
 
-use crate::config::{is_label_key, is_label_value};
+use crate::names::{is_label_key, is_label_value};
 use crate::proto::allocation::{
     AllocationRequest, AllocationRequest_SchedulingStrategy as Scheduling, CounterAction,
     CounterSelector, GameServerSelector, GameServerSelector_GameServerState as GameServerState,

@@ -7,59 +7,18 @@
 //! material stays in use).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::sync::{read, write};
 use crate::tls::{self, TlsMaterial};
-use crate::x509::Validity;
+use crate::x509::{unix_now, Validity};
 
 /// How often unchanged certificates are checked again for nearing expiry.
 const EXPIRY_RECHECK: Duration = Duration::from_secs(3600);
-
-/// A value that can be replaced while threads use it; each replacement bumps the generation.
-pub struct Versioned<T> {
-    generation: AtomicU64,
-    value: RwLock<Arc<T>>,
-}
-
-impl<T> Versioned<T> {
-    /// Generation 0 holding `value`.
-    pub fn new(value: T) -> Versioned<T> {
-        Versioned::shared(Arc::new(value))
-    }
-
-    /// Generation 0 holding a value already shared elsewhere.
-    pub fn shared(value: Arc<T>) -> Versioned<T> {
-        Versioned {
-            generation: AtomicU64::new(0),
-            value: RwLock::new(value),
-        }
-    }
-
-    /// The current generation, cheap enough to check before every match.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The current value and its generation.
-    pub fn current(&self) -> (u64, Arc<T>) {
-        let value = read(&self.value);
-        (self.generation(), Arc::clone(&value))
-    }
-
-    /// Publishes a new value.
-    pub fn replace(&self, value: T) {
-        let mut current = write(&self.value);
-        *current = Arc::new(value);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-}
 
 /// The files of one endpoint's TLS material.
 #[derive(Clone, Debug)]
@@ -273,13 +232,6 @@ pub fn record_expiry(material: &TlsMaterial, metrics: &Metrics) {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,14 +271,5 @@ mod tests {
         shutdown.request();
         let identity = material.identity.unwrap();
         assert_eq!(identity.cert_chain.pem, second.cert_pem.as_bytes());
-    }
-
-    #[test]
-    fn versioned_bumps_generation_on_replace() {
-        let value = Versioned::new(1);
-        assert_eq!(value.current(), (0, Arc::new(1)));
-        value.replace(2);
-        assert_eq!(value.generation(), 1);
-        assert_eq!(*value.current().1, 2);
     }
 }

@@ -63,6 +63,8 @@ impl fmt::Display for RpcError {
     }
 }
 
+impl std::error::Error for RpcError {}
+
 /// The canonical upper-case name of a status code (`UNAVAILABLE`), or its number.
 pub fn code_name(code: RpcStatusCode) -> String {
     let name = match code {

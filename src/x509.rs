@@ -5,6 +5,7 @@
 //! (see [`crate::tls::summaries`]).
 
 use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What the Director reports about a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,6 +230,13 @@ pub fn format_utc(unix: i64) -> String {
         seconds % 3_600 / 60,
         seconds % 60
     )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Sender};
 use grpcio::RpcStatusCode;
 
-use super::{release_and_count, waited_past_queue_timeout, MatchJob, Shared};
+use super::job::{release_and_count, waited_past_queue_timeout, MatchJob};
+use super::services::{FetcherSettings, Services};
 use crate::circuit::Circuit;
 use crate::health::Heartbeat;
 use crate::openmatch::{FetchOutcome, OpenMatchClient};
@@ -26,10 +27,9 @@ pub(super) struct Fetcher {
     pub(super) queue: Sender<MatchJob>,
     /// Its region's circuit breaker: no FetchMatches while it is open.
     pub(super) circuit: Arc<Circuit>,
-    pub(super) shared: Arc<Shared>,
+    pub(super) services: Arc<Services>,
+    pub(super) settings: FetcherSettings,
     pub(super) heartbeat: Arc<Heartbeat>,
-    pub(super) interval: Duration,
-    pub(super) fetch_timeout: Duration,
 }
 
 /// How often a fetcher waiting to start its next FetchMatches looks again for room in a full
@@ -37,17 +37,18 @@ pub(super) struct Fetcher {
 const ROOM_POLL: Duration = Duration::from_millis(10);
 
 impl Fetcher {
+    /// Fetches until shutdown is requested.
     pub(super) fn run(self) {
         let mut failures = 0;
         while self.wait_for_room() {
-            let (_, openmatch) = self.shared.openmatch.current();
+            let (_, openmatch) = self.services.openmatch.current();
             self.heartbeat.progress();
             let mut backlog = VecDeque::new();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 openmatch.fetch_matches(
                     &self.profile.match_profile,
-                    self.fetch_timeout,
-                    &self.shared.shutdown,
+                    self.settings.fetch_timeout,
+                    &self.services.shutdown,
                     |m| self.take(m, &mut backlog),
                 )
             }))
@@ -70,11 +71,11 @@ impl Fetcher {
                             self.profile.name
                         );
                     }
-                    self.interval
+                    self.settings.interval
                 }
                 Some(error) => {
                     failures += 1;
-                    let pause = fetch_backoff(self.interval, failures);
+                    let pause = fetch_backoff(self.settings.interval, failures);
                     log::warn!(
                         "FetchMatches for profile {} failed after {} matches: {error}; next try in {:.1}s",
                         self.profile.name,
@@ -86,7 +87,7 @@ impl Fetcher {
             };
             let stop = self.heartbeat.waiting(|| {
                 select! {
-                    recv(self.shared.shutdown.requested_channel()) -> _ => true,
+                    recv(self.services.shutdown.requested_channel()) -> _ => true,
                     default(pause) => false,
                 }
             });
@@ -104,14 +105,14 @@ impl Fetcher {
     /// is requested.
     fn wait_for_room(&self) -> bool {
         self.heartbeat.waiting(|| loop {
-            if self.shared.shutdown.is_requested() {
+            if self.services.shutdown.is_requested() {
                 return false;
             }
             if !self.queue.is_full() && self.circuit.wants_matches() {
                 return true;
             }
             select! {
-                recv(self.shared.shutdown.requested_channel()) -> _ => return false,
+                recv(self.services.shutdown.requested_channel()) -> _ => return false,
                 default(ROOM_POLL) => {}
             }
         })
@@ -123,11 +124,11 @@ impl Fetcher {
             None => Ok(()),
             Some(error) => {
                 let code = code_name(error.code);
-                self.shared.metrics.fetch_errors.inc(&[name, &code]);
+                self.services.metrics.fetch_errors.inc(&[name, &code]);
                 Err(error.to_string())
             }
         };
-        self.shared.health.fetch_finished(name, result);
+        self.services.health.fetch_finished(name, result);
     }
 
     /// Takes a match as it comes off the stream: into the queue if it has room, else into the
@@ -140,11 +141,11 @@ impl Fetcher {
                 m.get_match_id(),
                 self.profile.name
             );
-            self.shared.metrics.empty_matches.add(1);
+            self.services.metrics.empty_matches.add(1);
             return;
         }
         self.heartbeat.progress();
-        self.shared
+        self.services
             .metrics
             .matches_fetched
             .inc(&[self.profile.name.as_str()]);
@@ -156,7 +157,7 @@ impl Fetcher {
         });
         while let Some(job) = backlog.pop_front() {
             match self.queue.try_send(job) {
-                Ok(()) => self.shared.metrics.queued(),
+                Ok(()) => self.services.metrics.queued(),
                 Err(refused) => {
                     backlog.push_front(refused.into_inner());
                     break;
@@ -173,8 +174,8 @@ impl Fetcher {
         let mut expired = Vec::new();
         let mut orphaned = Vec::new();
         for job in backlog {
-            let wait = job.queue_time_left(self.shared.queue_timeout);
-            if wait.is_zero() || self.shared.shutdown.is_forced() {
+            let wait = job.queue_time_left(self.settings.queue_timeout);
+            if wait.is_zero() || self.services.shutdown.is_forced() {
                 expired.push(job);
                 continue;
             }
@@ -187,7 +188,7 @@ impl Fetcher {
                             false
                         }
                     },
-                    recv(self.shared.shutdown.forced_channel()) -> _ => {
+                    recv(self.services.shutdown.forced_channel()) -> _ => {
                         expired.push(job);
                         false
                     }
@@ -198,15 +199,16 @@ impl Fetcher {
                 }
             });
             if queued {
-                self.shared.metrics.queued();
+                self.services.metrics.queued();
                 self.release_expired(&mut expired, openmatch);
             }
         }
         self.release_expired(&mut expired, openmatch);
         if !orphaned.is_empty() {
             release_and_count(
-                &self.shared,
+                &self.services,
                 openmatch,
+                self.settings.release,
                 &orphaned,
                 "no allocator worker is left to take them",
             );
@@ -218,15 +220,21 @@ impl Fetcher {
         if expired.is_empty() {
             return;
         }
-        let why = if self.shared.shutdown.is_forced() {
+        let why = if self.services.shutdown.is_forced() {
             "shutting down".to_string()
         } else {
             format!(
                 "they {}",
-                waited_past_queue_timeout(self.shared.queue_timeout)
+                waited_past_queue_timeout(self.settings.queue_timeout)
             )
         };
-        release_and_count(&self.shared, openmatch, expired, &why);
+        release_and_count(
+            &self.services,
+            openmatch,
+            self.settings.release,
+            expired,
+            &why,
+        );
         expired.clear();
     }
 }
@@ -248,7 +256,7 @@ mod tests {
     use crate::config::Config;
     use crate::doubles::certs::{TempDir, TestCa, Usage};
     use crate::doubles::openmatch::{FakeOpenMatch, TicketStatus};
-    use crate::pipeline::{shared_state, Totals};
+    use crate::pipeline::{FetcherSettings, Services, Totals};
     use crate::profiles::build_profiles;
     use crate::shutdown::Shutdown;
 
@@ -294,17 +302,21 @@ mod tests {
                 .map(|(_, value)| value.clone())
         })
         .expect("valid configuration");
-        let shared = Arc::new(shared_state(&config, shutdown));
+        let env = Arc::new(grpcio::EnvBuilder::new().build());
+        let services = Arc::new(Services::new(&config, shutdown, &env));
         let (queue, workers) = crossbeam_channel::bounded(4);
         drop(workers);
         Fetcher {
             profile: Arc::new(build_profiles(&config.profiles).remove(0)),
             queue,
             circuit: Arc::default(),
-            heartbeat: shared.health.register("fetch", Duration::from_secs(30)),
-            shared,
-            interval: Duration::from_millis(50),
-            fetch_timeout: Duration::from_secs(5),
+            heartbeat: services.health.register("fetch", Duration::from_secs(30)),
+            services,
+            settings: FetcherSettings {
+                interval: Duration::from_millis(50),
+                fetch_timeout: Duration::from_secs(5),
+                ..FetcherSettings::of(&config.timing)
+            },
         }
     }
 
@@ -315,7 +327,7 @@ mod tests {
         let dir = TempDir::new("no-workers");
         let shutdown = Shutdown::new(Duration::from_secs(5));
         let fetcher = fetcher_without_workers(&om, &dir, &shutdown);
-        let shared = Arc::clone(&fetcher.shared);
+        let services = Arc::clone(&fetcher.services);
         let running = std::thread::spawn(move || fetcher.run());
         wait_until("every player released", || {
             let released = om.state().released_ids();
@@ -323,7 +335,7 @@ mod tests {
         });
         shutdown.request();
         running.join().expect("the fetcher ends");
-        let totals = Totals::of(&shared.metrics);
+        let totals = Totals::of(&services.metrics);
         assert!(totals.received >= 2, "{totals:?}");
         assert_eq!(totals.released, totals.received, "{totals:?}");
         assert!(totals.adds_up(), "{totals:?}");

@@ -8,22 +8,21 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use grpcio::RpcStatusCode;
 
-use super::{
-    release_and_count, release_matches, waited_past_queue_timeout, MatchJob, Outcome, Shared,
+use super::job::{
+    release_and_count, release_matches, waited_past_queue_timeout, MatchJob, Outcome,
 };
-use crate::allocator::{self, AllocatorClient, GameServer, UnusableGameServer};
+use super::region::{AllocatorClients, Region};
+use super::services::{Services, WorkerSettings};
+use crate::allocator::{self, GameServer, UnusableGameServer};
 use crate::circuit::{Admission, Circuit, Transition};
 use crate::health::Heartbeat;
 use crate::openmatch::OpenMatchClient;
 use crate::proto::allocation::{AllocationRequest, AllocationResponse};
 use crate::proto::backend::AssignmentFailure_Cause;
 use crate::ratelimit::{RateLimit, Turn};
-use crate::retry::retry;
-use crate::rotation::Versioned;
+use crate::retry::{retry, RetryPolicy};
 use crate::rpc::{code_name, RpcError};
-
-/// The clients of one region's allocator channels, shared by its workers.
-pub(super) type AllocatorClients = Vec<AllocatorClient>;
+use crate::sync::Versioned;
 
 /// One allocator worker of a region: it takes the region's matches one at a time, on one of the
 /// region's shared allocator channels (the current ones, after a certificate change), with the
@@ -33,34 +32,37 @@ pub(super) struct Worker {
     clients: Arc<Versioned<AllocatorClients>>,
     rate_limit: Option<Arc<RateLimit>>,
     circuit: Arc<Circuit>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
+    settings: Arc<WorkerSettings>,
     heartbeat: Arc<Heartbeat>,
     openmatch_generation: u64,
     openmatch: Arc<OpenMatchClient>,
 }
 
 impl Worker {
+    /// Worker number `index` of `region`.
     pub(super) fn new(
         index: usize,
-        clients: Arc<Versioned<AllocatorClients>>,
-        rate_limit: Option<Arc<RateLimit>>,
-        circuit: Arc<Circuit>,
-        shared: Arc<Shared>,
+        region: &Region,
+        services: Arc<Services>,
+        settings: Arc<WorkerSettings>,
         heartbeat: Arc<Heartbeat>,
     ) -> Worker {
-        let (openmatch_generation, openmatch) = shared.openmatch.current();
+        let (openmatch_generation, openmatch) = services.openmatch.current();
         Worker {
             index,
-            clients,
-            rate_limit,
-            circuit,
-            shared,
+            clients: Arc::clone(&region.clients),
+            rate_limit: region.rate_limit.clone(),
+            circuit: Arc::clone(&region.circuit),
+            services,
+            settings,
             heartbeat,
             openmatch_generation,
             openmatch,
         }
     }
 
+    /// Takes the region's matches off `queue` until it is closed and empty.
     pub(super) fn run(mut self, queue: Receiver<MatchJob>) {
         while let Ok(job) = self.heartbeat.waiting(|| queue.recv()) {
             self.take(job, &queue);
@@ -73,9 +75,9 @@ impl Worker {
     /// only a few pages of stack resident (the per-match frames are large).
     #[inline(never)]
     fn take(&mut self, job: MatchJob, queue: &Receiver<MatchJob>) {
-        self.shared.metrics.dequeued();
+        self.services.metrics.dequeued();
         self.refresh_clients();
-        if self.shared.shutdown.is_forced() {
+        if self.services.shutdown.is_forced() {
             self.release_queued(job, queue);
             return;
         }
@@ -84,9 +86,12 @@ impl Worker {
                 "Bug: a worker panicked while handling match {}; releasing its tickets",
                 job.match_id
             );
-            self.release(&job, self.shared.assign.budget, "the worker panicked")
+            self.release(&job, self.settings.assign.budget, "the worker panicked")
         });
-        self.shared.metrics.matches_finished.inc(&[outcome.label()]);
+        self.services
+            .metrics
+            .matches_finished
+            .inc(&[outcome.label()]);
         self.heartbeat.progress();
     }
 
@@ -95,25 +100,31 @@ impl Worker {
     fn release_queued(&self, job: MatchJob, queue: &Receiver<MatchJob>) {
         let mut jobs = vec![job];
         for queued in queue.try_iter() {
-            self.shared.metrics.dequeued();
+            self.services.metrics.dequeued();
             jobs.push(queued);
         }
-        release_and_count(&self.shared, &self.openmatch, &jobs, "shutting down");
+        release_and_count(
+            &self.services,
+            &self.openmatch,
+            self.settings.assign,
+            &jobs,
+            "shutting down",
+        );
     }
 
     /// Between two matches: switches to a new Open Match client if there is one.
     fn refresh_clients(&mut self) {
-        if self.shared.openmatch.generation() != self.openmatch_generation {
-            (self.openmatch_generation, self.openmatch) = self.shared.openmatch.current();
+        if self.services.openmatch.generation() != self.openmatch_generation {
+            (self.openmatch_generation, self.openmatch) = self.services.openmatch.current();
         }
     }
 
     fn handle(&self, job: &MatchJob) -> Outcome {
-        let budget = self.shared.assign.budget;
-        if job.queue_time_left(self.shared.queue_timeout).is_zero() {
+        let budget = self.settings.assign.budget;
+        if job.queue_time_left(self.settings.queue_timeout).is_zero() {
             let why = format!(
                 "it {}",
-                waited_past_queue_timeout(self.shared.queue_timeout)
+                waited_past_queue_timeout(self.settings.queue_timeout)
             );
             return self.release(job, budget, &why);
         }
@@ -141,8 +152,8 @@ impl Worker {
         let started = Instant::now();
         let (_, clients) = self.clients.current();
         let client = &clients[self.index % clients.len()];
-        let result = client.allocate(request, timeout, &self.shared.shutdown);
-        let metrics = &self.shared.metrics;
+        let result = client.allocate(request, timeout, &self.services.shutdown);
+        let metrics = &self.services.metrics;
         metrics.allocation_duration.observe(started.elapsed());
         let label = match &result {
             Ok(_) => "ok".to_string(),
@@ -173,11 +184,11 @@ impl Worker {
         let Some(limit) = &self.rate_limit else {
             return Ok(());
         };
-        match limit.acquire(&self.shared.shutdown) {
+        match limit.acquire(&self.services.shutdown) {
             Turn::AtOnce => Ok(()),
             Turn::AfterWaiting => {
                 let region = job.profile.region.as_str();
-                self.shared.metrics.allocate_throttled.inc(&[region]);
+                self.services.metrics.allocate_throttled.inc(&[region]);
                 Ok(())
             }
             Turn::Cancelled => Err(RpcError::new(
@@ -190,14 +201,14 @@ impl Worker {
     /// Allocates a game server in the match's region, or says why not (and returns `None`).
     fn allocate(&self, job: &MatchJob) -> Option<GameServer> {
         let request = allocator::allocation_request(
-            &self.shared.agones,
+            &self.settings.agones,
             &job.profile.region,
             &job.profile.name,
             &job.match_id,
         );
         let response = retry(
-            self.shared.allocate,
-            &self.shared.shutdown,
+            self.settings.allocate,
+            &self.services.shutdown,
             |timeout| self.allocate_once(job, &request, timeout),
             |error, pause| {
                 log::debug!(
@@ -211,9 +222,9 @@ impl Worker {
         let response = match response {
             Ok(response) => response,
             Err(error)
-                if error.code == RpcStatusCode::CANCELLED && self.shared.shutdown.is_forced() =>
+                if error.code == RpcStatusCode::CANCELLED && self.services.shutdown.is_forced() =>
             {
-                self.shared.metrics.orphaned_game_servers.add(1);
+                self.services.metrics.orphaned_game_servers.add(1);
                 log::error!(
                     "Allocate for match {} (region {}) was cancelled by the shutdown; a game server may have been allocated for it anyway and is counted as orphaned: look for the annotation {}={}",
                     job.match_id,
@@ -233,7 +244,7 @@ impl Worker {
                 return None;
             }
         };
-        let agones = &self.shared.agones;
+        let agones = &self.settings.agones;
         let unusable = match allocator::game_server(&response, &agones.port_name, &agones.address) {
             Ok(server) => match self.translate(job, server) {
                 Ok(server) => return Some(server),
@@ -241,7 +252,7 @@ impl Worker {
             },
             Err(unusable) => unusable,
         };
-        self.shared.metrics.orphaned_game_servers.add(1);
+        self.services.metrics.orphaned_game_servers.add(1);
         log::error!(
             "Game server {} allocated for match {} is unusable ({}); it stays Allocated with no players until someone deletes it; releasing the match's tickets",
             unusable.name,
@@ -258,7 +269,7 @@ impl Worker {
         job: &MatchJob,
         mut server: GameServer,
     ) -> Result<GameServer, UnusableGameServer> {
-        let Some(mappings) = &self.shared.mappings else {
+        let Some(mappings) = &self.settings.mappings else {
             return Ok(server);
         };
         let region = job.profile.region.as_str();
@@ -272,7 +283,7 @@ impl Worker {
                 Ok(server)
             }
             Err(miss) => {
-                self.shared
+                self.services
                     .metrics
                     .connection_translation_misses
                     .inc(&[region]);
@@ -288,8 +299,8 @@ impl Worker {
 
     fn assign(&self, job: &MatchJob, server: &GameServer) -> Outcome {
         let result = retry(
-            self.shared.assign,
-            &self.shared.shutdown,
+            self.settings.assign,
+            &self.services.shutdown,
             |timeout| {
                 self.openmatch
                     .assign(&job.ticket_ids, &server.connection, timeout)
@@ -304,7 +315,7 @@ impl Worker {
         );
         match result {
             Ok(failures) => {
-                let metrics = &self.shared.metrics;
+                let metrics = &self.services.metrics;
                 for failure in &failures {
                     let cause = match failure.get_cause() {
                         AssignmentFailure_Cause::TICKET_NOT_FOUND => "ticket_not_found",
@@ -332,8 +343,11 @@ impl Worker {
                 Outcome::Assigned
             }
             Err(error) => {
-                self.shared.metrics.orphaned_game_servers.add(1);
-                self.shared.metrics.assignment_failures.inc(&["rpc_error"]);
+                self.services.metrics.orphaned_game_servers.add(1);
+                self.services
+                    .metrics
+                    .assignment_failures
+                    .inc(&["rpc_error"]);
                 log::error!(
                     "AssignTickets for match {} failed: {error}; game server {} ({}) is orphaned: allocated, no players will come; tickets {:?}",
                     job.match_id,
@@ -348,11 +362,15 @@ impl Worker {
 
     /// Releases the match's tickets, retrying transient failures within `budget`.
     fn release(&self, job: &MatchJob, budget: Duration, why: &str) -> Outcome {
-        release_matches(
-            &self.shared,
-            &self.openmatch,
-            std::slice::from_ref(job),
+        let policy = RetryPolicy {
             budget,
+            ..self.settings.assign
+        };
+        release_matches(
+            &self.services,
+            &self.openmatch,
+            policy,
+            std::slice::from_ref(job),
             why,
         )
     }

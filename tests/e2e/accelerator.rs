@@ -3,91 +3,15 @@
 //! layout (behind a `..data` symlink) or in the per-region layout; misses, reloads, a corrupt
 //! update, GAMESERVER_ADDRESS, and bad mapping files.
 
-use std::io::Write;
 use std::path::Path;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-
-use crate::director::{get, operations_address, sample, sample_if_any, wait_until};
-use crate::world::{final_accounting, stop, World, WAIT};
+use crate::common::{
+    connection, expected, final_accounting, get, guidance_configmap, gzip, mapping_json,
+    operations_address, publish, sample, sample_if_any, server_number, stop, wait_until, World,
+    WAIT,
+};
 use agones_openmatch_director::doubles::certs::SecretVolume;
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
-
-/// Game servers 1..=`servers` of the double (InternalIP 10.0.0.1, port 7000 + n), each mapped to
-/// accelerator port `base + n`, except those in `missing`.
-pub fn mapping_json(servers: u16, base: u16, missing: &[u16]) -> String {
-    let entries: Vec<String> = (1..=servers)
-        .filter(|n| !missing.contains(n))
-        .map(|n| format!("  \"10.0.0.1:{}\": {}", 7000 + n, base + n))
-        .collect();
-    // Pretty-printed, the way the guidance's script writes it (`jq -s 'from_entries'`).
-    format!("{{\n{}\n}}\n", entries.join(",\n"))
-}
-
-pub fn gzip(text: &str) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(text.as_bytes()).unwrap();
-    encoder.finish().unwrap()
-}
-
-/// The guidance's ConfigMap, two regions: `mapping1.gz`, `accelerator1`, `mapping2.gz`,
-/// `accelerator2`; region i's ports start at `base + 1000 i`.
-pub fn guidance_configmap(base: u16, missing: &[u16]) -> Vec<(String, Vec<u8>)> {
-    (1..=2)
-        .flat_map(|i| {
-            [
-                (
-                    format!("mapping{i}.gz"),
-                    gzip(&mapping_json(60, base + 1000 * i, missing)),
-                ),
-                (
-                    format!("accelerator{i}"),
-                    format!("a{i}.awsglobalaccelerator.com\n").into_bytes(),
-                ),
-            ]
-        })
-        .collect()
-}
-
-pub fn publish(volume: &mut SecretVolume, files: &[(String, Vec<u8>)]) {
-    let files: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
-        .collect();
-    volume.publish(&files);
-}
-
-/// The game server number the double allocated for `ticket`'s match.
-fn server_number(world: &World, ticket: &str) -> u16 {
-    let match_id = world.match_of(ticket);
-    let allocator = world.allocator.state();
-    let allocated = allocator.connection_of(&match_id).expect("allocated");
-    allocated
-        .connection
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse::<u16>()
-        .unwrap()
-        - 7000
-}
-
-pub fn connection(world: &World, ticket: &str) -> String {
-    match &world.om.state().ticket(ticket).status {
-        TicketStatus::Assigned { connection, .. } => connection.clone(),
-        other => panic!("{ticket} is {other:?}"),
-    }
-}
-
-/// Region i's (1-based) accelerator address for `ticket`'s game server.
-pub fn expected(world: &World, ticket: &str, region: u16, base: u16) -> String {
-    let n = server_number(world, ticket);
-    format!(
-        "a{region}.awsglobalaccelerator.com:{}",
-        base + 1000 * region + n
-    )
-}
 
 #[test]
 fn players_get_their_regions_accelerator_and_mapping_changes_apply_while_corrupt_ones_do_not() {

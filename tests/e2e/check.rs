@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 
-use crate::world::World;
+use crate::common::World;
 use agones_openmatch_director::doubles::certs::{TestCa, Usage};
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 

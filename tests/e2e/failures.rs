@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::director::wait_until;
-use crate::world::{final_accounting, stop, World, WAIT};
+use crate::common::{final_accounting, stop, wait_until, World, WAIT};
+use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION;
 use agones_openmatch_director::doubles::agones::Reply;
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
 use agones_openmatch_director::rpc::AGONES_VALIDATION_ERROR;
@@ -233,7 +233,7 @@ fn validation_errors_are_not_retried_and_release_at_once() {
     );
     let first_requests: Vec<_> = world.allocator.state().requests[..2]
         .iter()
-        .map(|r| r.get_metadata().get_annotations()[crate::world::MATCH_ID].clone())
+        .map(|r| r.get_metadata().get_annotations()[MATCH_ID_ANNOTATION].clone())
         .collect();
     for match_id in &first_requests {
         assert_eq!(
@@ -312,11 +312,11 @@ fn sigterm_with_a_full_queue_and_a_slow_allocator_releases_everything_in_time() 
     );
     let in_flight = world.allocator.state().requests[0]
         .get_metadata()
-        .get_annotations()[crate::world::MATCH_ID]
+        .get_annotations()[MATCH_ID_ANNOTATION]
         .clone();
     let cancelled = director.lines_with("was cancelled by the shutdown");
     assert_eq!(cancelled.len(), 1);
-    assert!(cancelled[0].contains(&format!("{}={in_flight}", crate::world::MATCH_ID)));
+    assert!(cancelled[0].contains(&format!("{}={in_flight}", MATCH_ID_ANNOTATION)));
     assert!(world.all_released(&tickets));
     assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
 }
@@ -398,7 +398,7 @@ fn a_second_sigterm_stops_at_once() {
     assert!(world.all_released(&tickets));
 }
 
-/// Issue 11, item 0: a backlog far larger than the queue, a slow allocator and a short
+/// A backlog far larger than the queue, a slow allocator and a short
 /// FETCH_TIMEOUT. The stream is read to its end (never left to its deadline behind a full queue),
 /// so every match the double streamed is handled and none is left pending.
 #[test]
@@ -467,7 +467,7 @@ fn matches_that_wait_past_the_queue_timeout_are_released_in_a_batch() {
     assert!(world.all_released(&tickets));
 }
 
-/// Issue 11, item 2: with the allocator and Open Match both hung, the Director still exits within
+/// With the allocator and Open Match both hung, the Director still exits within
 /// SHUTDOWN_TIMEOUT + ASSIGN_TIMEOUT + 1 s of SIGTERM, and its accounting line adds up.
 #[test]
 fn shutdown_ends_within_its_bound_when_everything_hangs() {
@@ -543,7 +543,7 @@ fn retries_are_summarized_per_region_instead_of_logged_one_by_one() {
     );
 }
 
-/// Issue 10: a region whose allocator hangs holds only its own workers. The other region's
+/// A region whose allocator hangs holds only its own workers. The other region's
 /// matches are all assigned before the hung region's first match even runs out of its retry
 /// budget; the hung region's matches are then released, and nothing is lost.
 #[test]

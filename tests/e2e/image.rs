@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::director::{wait_until, Director};
-use crate::dropin::{original_args, OriginalApp, MOUNTED};
-use crate::world::{final_accounting, World, WAIT};
+use crate::common::{
+    final_accounting, original_args, wait_until, Director, OriginalApp, World, MOUNTED, WAIT,
+};
 
 fn image() -> String {
     std::env::var("DIRECTOR_IMAGE")

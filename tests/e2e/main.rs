@@ -2,12 +2,12 @@
 //! doubles of Open Match and the Agones allocator (`agones_openmatch_director::doubles`), with
 //! mTLS certificates generated at test time.
 //!
-//! `director` and `world` are the harness; every other module is a group of scenarios.
+//! `common` is what the scenario groups share; every other module is a group of scenarios.
 
-mod director;
-mod world;
+mod common;
 
 mod accelerator;
+mod architecture;
 mod check;
 mod dropin;
 mod failures;

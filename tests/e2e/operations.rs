@@ -4,8 +4,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::director::{get, operations_address, sample, sample_if_any, wait_until};
-use crate::world::{stop, World, WAIT};
+use crate::common::{
+    get, operations_address, sample, sample_if_any, stop, wait_until, World, WAIT,
+};
 use agones_openmatch_director::doubles::agones::Reply;
 use agones_openmatch_director::doubles::certs::{SecretVolume, TestCa, Usage};
 use agones_openmatch_director::doubles::hostile::{probe_within_a_second, HostileClients};

@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::director::wait_until;
-use crate::world::{final_accounting, stop, World, WAIT};
+use crate::common::{final_accounting, stop, wait_until, World, WAIT};
 use agones_openmatch_director::allocator::{MATCH_ID_ANNOTATION, PROFILE_LABEL};
 use agones_openmatch_director::doubles::certs::{TestCa, Usage};
 use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};

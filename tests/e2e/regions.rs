@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::director::{get, operations_address, sample, wait_until, Director};
-use crate::world::{final_accounting, stop, World, REGIONS, WAIT};
+use crate::common::{
+    final_accounting, get, operations_address, sample, stop, wait_until, Director, World, REGIONS,
+    WAIT,
+};
 use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator};
 
 /// A region's own allocator double, with its own server and client CAs, and the directory (laid

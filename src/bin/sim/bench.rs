@@ -6,13 +6,14 @@
 //! simulator shares the machine with the Director, so each row also shows the simulator's own CPU
 //! use: when it nears the machine's cores, the simulator, not the Director, is the limit.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::bench_report::{markdown, write_json, Measured, Row};
 use crate::flag_value;
-use crate::world::{quantile, DirectorProcess, World, WorldConfig};
+use crate::world::{quantile, World, WorldConfig, EXIT_BOUND};
+use agones_openmatch_director::doubles::director::{cpu_time_of, Director};
 
 /// Runs of every row.
 const RUNS: usize = 3;
@@ -90,76 +91,6 @@ impl Bench {
                 measured
             })
             .collect()
-    }
-}
-
-/// A figure of several runs: the median and the range.
-#[derive(Clone, Copy)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    /// `None` when no run gave a finite value.
-    fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
-        let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
-        values.sort_by(f64::total_cmp);
-        Some(Spread {
-            median: *values.get(values.len() / 2)?,
-            min: *values.first()?,
-            max: *values.last()?,
-        })
-    }
-}
-
-/// One row of the results.
-struct Row {
-    scenario: &'static str,
-    setup: String,
-    runs: Vec<Measured>,
-    /// The rate the Director could reach if the allocator's latency were the only limit.
-    ideal: Option<f64>,
-    /// Whether the row shows the rate (and CPU per match): a backlog.
-    throughput: bool,
-    /// Whether the row shows waiting times (p50, p99 from stream to assignment).
-    waits: bool,
-}
-
-/// What one run of the Director measured.
-struct Measured {
-    matches: usize,
-    /// From the first assignment to the last.
-    seconds: f64,
-    cpu: Duration,
-    /// The Director's CPU while idle before the load, per second.
-    idle_cpu_per_second: Option<f64>,
-    peak_rss_kib: u64,
-    p50: Duration,
-    p99: Duration,
-    /// The simulator's own CPU during the run, in cores.
-    sim_cores: f64,
-    /// TCP connections the allocator saw.
-    allocator_connections: usize,
-}
-
-impl Measured {
-    /// Assignments per second between the first and the last.
-    fn rate(&self) -> f64 {
-        self.matches.saturating_sub(1) as f64 / self.seconds
-    }
-
-    /// Director CPU per match, idle CPU of the same span taken off.
-    fn cpu_us_per_match(&self) -> f64 {
-        let idle = self.idle_cpu_per_second.unwrap_or(0.0) * self.seconds;
-        (self.cpu.as_secs_f64() - idle).max(0.0) * 1e6 / self.matches as f64
-    }
-}
-
-impl Row {
-    fn spread(&self, figure: impl Fn(&Measured) -> f64) -> Option<Spread> {
-        Spread::of(self.runs.iter().map(figure))
     }
 }
 
@@ -485,7 +416,7 @@ fn backlog(config: WorldConfig, matches: usize, latencies: &[f64]) -> Measured {
 }
 
 /// Starts the Director with warnings only, draining its log so that it never blocks on the pipe.
-fn start_quietly(world: &mut World) -> (DirectorProcess, std::thread::JoinHandle<()>) {
+fn start_quietly(world: &mut World) -> (Director, std::thread::JoinHandle<()>) {
     let mut director = world.start_director("warn");
     let log = director.log_lines();
     let drain = std::thread::spawn(move || log.for_each(drop));
@@ -494,16 +425,13 @@ fn start_quietly(world: &mut World) -> (DirectorProcess, std::thread::JoinHandle
 
 /// This process's CPU time so far, and when it was read.
 fn sim_cpu() -> (Duration, Instant) {
-    (
-        crate::world::cpu_time_of(std::process::id()),
-        Instant::now(),
-    )
+    (cpu_time_of(std::process::id()), Instant::now())
 }
 
 /// Waits until `matches` matches are assigned (at most two minutes), then measures and stops.
 fn finish(
     world: &World,
-    mut director: DirectorProcess,
+    mut director: Director,
     drain: std::thread::JoinHandle<()>,
     matches: usize,
     idle_cpu_per_second: Option<f64>,
@@ -518,13 +446,13 @@ fn finish(
     let cpu = director.cpu_time();
     let peak_rss_kib = director.peak_rss_kib();
     director.terminate();
-    director.wait();
+    director.wait_exit(EXIT_BOUND);
     let _ = drain.join();
     let allocator_connections = world
         .allocators()
         .map(|allocator| allocator.state().peers.len())
         .sum();
-    let om = world.om.state();
+    let om = world.doubles.om.state();
     let done: Vec<_> = om
         .matches
         .values()
@@ -553,124 +481,5 @@ fn finish(
 }
 
 fn assigned_matches(world: &World) -> usize {
-    world.om.state().assigned_matches
-}
-
-/// `median (min–max)`, or `—`.
-fn cell(spread: Option<Spread>, decimals: usize) -> String {
-    match spread {
-        None => "—".to_string(),
-        Some(s) if s.min == s.max => format!("{:.decimals$}", s.median),
-        Some(s) => format!(
-            "{:.decimals$} ({:.decimals$}–{:.decimals$})",
-            s.median, s.min, s.max
-        ),
-    }
-}
-
-/// The row's figures, in the order of the table's columns after the setup.
-fn figures(row: &Row) -> [(&'static str, Option<Spread>, usize); 10] {
-    let throughput = |spread: Option<Spread>| spread.filter(|_| row.throughput);
-    let waits = |spread: Option<Spread>| spread.filter(|_| row.waits);
-    [
-        ("matches", row.spread(|m| m.matches as f64), 0),
-        (
-            "matches_per_second",
-            throughput(row.spread(Measured::rate)),
-            0,
-        ),
-        (
-            "ideal_ratio",
-            row.ideal.and_then(|ideal| row.spread(|m| m.rate() / ideal)),
-            2,
-        ),
-        (
-            "cpu_us_per_match",
-            throughput(row.spread(Measured::cpu_us_per_match)),
-            0,
-        ),
-        (
-            "idle_cpu_percent",
-            row.spread(|m| m.idle_cpu_per_second.map_or(f64::NAN, |c| c * 100.0)),
-            2,
-        ),
-        (
-            "peak_rss_mib",
-            row.spread(|m| m.peak_rss_kib as f64 / 1024.0),
-            1,
-        ),
-        (
-            "allocator_connections",
-            row.spread(|m| m.allocator_connections as f64),
-            0,
-        ),
-        ("sim_cores", row.spread(|m| m.sim_cores), 2),
-        (
-            "p50_ms",
-            waits(row.spread(|m| m.p50.as_secs_f64() * 1e3)),
-            1,
-        ),
-        (
-            "p99_ms",
-            waits(row.spread(|m| m.p99.as_secs_f64() * 1e3)),
-            1,
-        ),
-    ]
-}
-
-fn markdown(rows: &[Row], runs: usize) -> String {
-    let mut out = format!(
-        "Each figure: median of {runs} runs (min–max); sim cores = the simulator's own CPU.\n\n| scenario | setup | matches | matches/s | vs ideal | CPU µs/match | idle CPU % | peak RSS MiB | allocator connections | sim cores | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for row in rows {
-        let cells: Vec<String> = figures(row)
-            .into_iter()
-            .map(|(_, spread, decimals)| cell(spread, decimals))
-            .collect();
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            row.scenario,
-            row.setup,
-            cells.join(" | ")
-        );
-    }
-    out
-}
-
-fn json_spread(spread: Option<Spread>) -> String {
-    spread.map_or_else(
-        || "null".to_string(),
-        |s| {
-            format!(
-                "{{\"median\": {:.3}, \"min\": {:.3}, \"max\": {:.3}}}",
-                s.median, s.min, s.max
-            )
-        },
-    )
-}
-
-fn write_json(rows: &[Row], mapping: Option<String>) -> std::io::Result<()> {
-    let mut entries: Vec<String> = rows
-        .iter()
-        .map(|row| {
-            let fields: Vec<String> = figures(row)
-                .into_iter()
-                .map(|(name, spread, _)| format!("\"{name}\": {}", json_spread(spread)))
-                .collect();
-            format!(
-                "  {{\"scenario\": \"{}\", \"setup\": \"{}\", \"runs\": {}, {}}}",
-                row.scenario,
-                row.setup,
-                row.runs.len(),
-                fields.join(", ")
-            )
-        })
-        .collect();
-    entries.extend(mapping.map(|json| format!("  {json}")));
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write(
-        "target/bench/results.json",
-        format!("[\n{}\n]\n", entries.join(",\n")),
-    )
+    world.doubles.om.state().assigned_matches
 }

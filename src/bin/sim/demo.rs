@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::world::{quantile, World, WorldConfig};
+use crate::world::{quantile, Arrivals, World, WorldConfig, EXIT_BOUND};
 use crate::{flag_value, seconds};
 use agones_openmatch_director::doubles::agones::Fleet;
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
@@ -64,13 +64,13 @@ struct Status {
 
 impl Status {
     fn read(world: &World) -> Status {
-        let om = world.om.state();
+        let om = world.doubles.om.state();
         let mut waits: Vec<Duration> = om
             .tickets
             .iter()
             .filter_map(|t| Some(t.assigned_at? - t.created_at))
             .collect();
-        let mut allocator = world.allocator.state();
+        let mut allocator = world.doubles.allocator.state();
         Status {
             waiting: om.count(|s| *s == TicketStatus::Available),
             matches: om.matches.len(),
@@ -132,18 +132,13 @@ pub fn run(options: Options) -> ExitCode {
     };
     eprintln!(
         "sim: Open Match on 127.0.0.1:{}, Agones allocator (mTLS) on 127.0.0.1:{}; {} players/s; {} game servers per region; Ctrl-C to stop",
-        world.om.port, world.allocator.port, options.arrival_rate, options.world.fleet_per_region
+        world.doubles.om.port, world.doubles.allocator.port, options.arrival_rate, options.world.fleet_per_region
     );
     let started = Instant::now();
-    let mut owed = 0.0;
+    let mut arrivals = Arrivals::new(options.arrival_rate);
     let mut last_draw = Instant::now();
     while !stop.load(Ordering::SeqCst) && options.duration.is_none_or(|d| started.elapsed() < d) {
-        std::thread::sleep(Duration::from_millis(50));
-        owed += options.arrival_rate * 0.05;
-        while owed >= 1.0 {
-            world.add_player();
-            owed -= 1.0;
-        }
+        arrivals.step(&mut world);
         if last_draw.elapsed() >= Duration::from_millis(500) {
             last_draw = Instant::now();
             let line = Status::read(&world).line();
@@ -154,11 +149,11 @@ pub fn run(options: Options) -> ExitCode {
     }
     eprintln!("\nsim: stopping the Director (SIGTERM) …");
     director.terminate();
-    let code = director.wait();
+    let code = director.wait_exit(EXIT_BOUND).code();
     let _ = printer.join();
     let status = Status::read(&world);
     let (players, timed_out) = {
-        let om = world.om.state();
+        let om = world.doubles.om.state();
         (om.tickets.len(), om.timed_out)
     };
     eprintln!(

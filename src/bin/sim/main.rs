@@ -6,6 +6,7 @@
 //! of it is linked into `director`.
 
 mod bench;
+mod bench_report;
 mod demo;
 mod mapping_bench;
 mod soak;

@@ -12,7 +12,7 @@ use agones_openmatch_director::doubles::certs::TempDir;
 use agones_openmatch_director::mapping;
 
 use crate::bench::Bench;
-use crate::world::{World, WorldConfig};
+use crate::world::{World, WorldConfig, EXIT_BOUND};
 
 /// Entries per region: two /22 subnets (2 × 1024 addresses) × 30 ports (7000–7029).
 const ENTRIES: usize = 2 * 1024 * 30;
@@ -76,7 +76,7 @@ fn idle_rss(bench: &Bench, mapping_dir: Option<&Path>) -> f64 {
     std::thread::sleep(SETTLE);
     let rss = director.rss_kib() as f64;
     director.terminate();
-    director.wait();
+    director.wait_exit(EXIT_BOUND);
     let _ = drain.join();
     rss
 }

@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::world::{DirectorProcess, World, WorldConfig, ASSIGN_TIMEOUT, SHUTDOWN_TIMEOUT};
+use crate::world::{Arrivals, World, WorldConfig, EXIT_BOUND};
 use crate::{flag_value, seconds};
+use agones_openmatch_director::doubles::director::{operations_address_in, Director};
 use agones_openmatch_director::doubles::hostile::{probe_within_a_second, HostileClients};
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
+use agones_openmatch_director::doubles::wait::wait_for;
 use agones_openmatch_director::pipeline::{Totals, ACCOUNTING_PREFIX};
 
 /// Soak settings.
@@ -131,19 +133,19 @@ impl Injector {
         let region = world.config.regions[which].clone();
         match fault {
             Fault::AllocatorUnavailable => {
-                let mut allocator = world.allocator.state();
+                let mut allocator = world.doubles.allocator.state();
                 allocator
                     .failing_regions
                     .insert(region, grpcio::RpcStatusCode::UNAVAILABLE);
             }
             Fault::AllocatorHang => {
-                let mut allocator = world.allocator.state();
+                let mut allocator = world.doubles.allocator.state();
                 allocator
                     .hanging_regions
                     .insert(region, Duration::from_secs(60));
             }
-            Fault::AllocatorReset => world.allocator.restart(),
-            Fault::OpenMatchRestart => world.om.restart(),
+            Fault::AllocatorReset => world.doubles.allocator.restart(),
+            Fault::OpenMatchRestart => world.doubles.om.restart(),
             Fault::CertificateRotation => world.rotate_client_certificate(),
             Fault::SlowHttpClients => self.hostile = Some(HostileClients::open(operations)),
         }
@@ -152,7 +154,7 @@ impl Injector {
 
     /// Ends the fault in force.
     fn end(&mut self, world: &mut World) {
-        let mut allocator = world.allocator.state();
+        let mut allocator = world.doubles.allocator.state();
         allocator.failing_regions.clear();
         allocator.hanging_regions.clear();
         self.hostile = None;
@@ -175,18 +177,15 @@ struct LogWatch {
     errors: usize,
 }
 
-fn watch_log(director: &mut DirectorProcess) -> Arc<Mutex<LogWatch>> {
+fn watch_log(director: &mut Director) -> Arc<Mutex<LogWatch>> {
     let watch = Arc::new(Mutex::new(LogWatch::default()));
     let lines = director.log_lines();
     let shared = Arc::clone(&watch);
     std::thread::spawn(move || {
         for line in lines {
             let mut watch = shared.lock().unwrap();
-            if let Some((_, address)) = line.split_once("Serving /metrics") {
-                watch.operations = address
-                    .rsplit("http://")
-                    .next()
-                    .and_then(|a| a.trim().parse().ok());
+            if let Some(address) = operations_address_in(&line) {
+                watch.operations = Some(address);
             }
             if line.contains(ACCOUNTING_PREFIX) {
                 watch.accounting = Some(line.clone());
@@ -230,8 +229,8 @@ pub fn run(options: Options) -> ExitCode {
         ..WorldConfig::default()
     };
     let mut world = World::start(config);
-    world.allocator.state().keep_requests = true;
-    world.om.state().keep_requests = true;
+    world.doubles.allocator.state().keep_requests = true;
+    world.doubles.om.state().keep_requests = true;
     let mut director = world.start_director("info,grpcio=warn");
     let log = watch_log(&mut director);
     let Some(operations) = wait_for(Duration::from_secs(10), || log.lock().unwrap().operations)
@@ -249,17 +248,13 @@ pub fn run(options: Options) -> ExitCode {
     let threads_at_start = director.threads();
     let mut injector = Injector::new(options.faults.clone(), &mut world);
     let started = Instant::now();
-    let (mut owed, mut baseline_rss, mut probes, mut probe_failures) = (0.0, None, 0, 0);
+    let mut arrivals = Arrivals::new(options.arrival_rate);
+    let (mut baseline_rss, mut probes, mut probe_failures) = (None, 0, 0);
     let mut baseline_anonymous = 0;
     let mut rss_by_minute = Vec::new();
     let (mut last_fault, mut last_second) = (started, started);
     while started.elapsed() < options.duration {
-        std::thread::sleep(Duration::from_millis(50));
-        owed += options.arrival_rate * 0.05;
-        while owed >= 1.0 {
-            world.add_player();
-            owed -= 1.0;
-        }
+        arrivals.step(&mut world);
         if last_second.elapsed() >= Duration::from_secs(1) {
             last_second = Instant::now();
             probes += 1;
@@ -286,13 +281,13 @@ pub fn run(options: Options) -> ExitCode {
 
     director.terminate();
     let terminated = Instant::now();
-    let bound = SHUTDOWN_TIMEOUT + ASSIGN_TIMEOUT + Duration::from_secs(1);
+    let bound = EXIT_BOUND;
     let exited = wait_for(bound + Duration::from_secs(10), || {
-        director.has_exited().then_some(())
+        (!director.is_running()).then_some(())
     });
     let shutdown = terminated.elapsed();
     let code = if exited.is_some() {
-        director.wait()
+        director.wait_exit(Duration::ZERO).code()
     } else {
         None
     };
@@ -319,13 +314,13 @@ pub fn run(options: Options) -> ExitCode {
     });
     check_assignments(&world, totals.unwrap_or_default(), &mut findings);
 
-    let om = world.om.state();
+    let om = world.doubles.om.state();
     eprintln!(
         "soak: {:.1} min; {} players, {} matches streamed, {} Allocate calls; faults: {}",
         started.elapsed().as_secs_f64() / 60.0,
         om.tickets.len(),
         om.matches.len(),
-        world.allocator.state().calls,
+        world.doubles.allocator.state().calls,
         injector.summary()
     );
     eprintln!(
@@ -352,8 +347,8 @@ pub fn run(options: Options) -> ExitCode {
 /// every match the double streamed accounted for; nothing left to the pending-release timeout
 /// except what the Director counted as abandoned.
 fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
-    let om = world.om.state();
-    let allocator = world.allocator.state();
+    let om = world.doubles.om.state();
+    let allocator = world.doubles.allocator.state();
     let mut allocations: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
     for a in &allocator.allocated {
         allocations
@@ -430,7 +425,7 @@ fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
 /// threads are let fall back to their number before any fault (at most 5 s), so that what a fault
 /// holds only while it lasts (200 hostile connections, a thread each) is not counted.
 fn settled_rss(
-    director: &DirectorProcess,
+    director: &Director,
     threads_at_start: u64,
     injector: &mut Injector,
     world: &mut World,
@@ -441,17 +436,4 @@ fn settled_rss(
         (director.threads() <= threads_at_start + 1).then_some(())
     });
     (director.rss_kib(), director.anonymous_rss_kib())
-}
-
-fn wait_for<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = ready() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

@@ -1,12 +1,12 @@
 //! The simulated world: the Open Match and Agones doubles (the same ones the end-to-end tests use),
 //! certificates made on the spot, players, and the real `director` as a child process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
-use agones_openmatch_director::doubles::agones::{AgonesPki, AgonesState, FakeAllocator, Fleet};
-use agones_openmatch_director::doubles::certs::{SecretVolume, TempDir};
+use agones_openmatch_director::doubles;
+use agones_openmatch_director::doubles::agones::{AgonesState, FakeAllocator, Fleet};
+use agones_openmatch_director::doubles::certs::SecretVolume;
+use agones_openmatch_director::doubles::director::Director;
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
 /// What the world looks like and how the Director is run in it.
@@ -45,6 +45,10 @@ pub struct WorldConfig {
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Director's ASSIGN_TIMEOUT in the simulation.
 pub const ASSIGN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the Director may take to exit after SIGTERM: SHUTDOWN_TIMEOUT + ASSIGN_TIMEOUT + 1 s.
+pub const EXIT_BOUND: Duration = SHUTDOWN_TIMEOUT
+    .saturating_add(ASSIGN_TIMEOUT)
+    .saturating_add(Duration::from_secs(1));
 
 impl Default for WorldConfig {
     fn default() -> Self {
@@ -70,47 +74,43 @@ impl Default for WorldConfig {
     }
 }
 
-/// The running doubles and the files the Director needs.
+/// The running doubles (the tests' [`doubles::world::World`]), each region's own allocator, and
+/// the simulator's players.
 pub struct World {
     pub config: WorldConfig,
-    pub om: FakeOpenMatch,
-    /// The shared allocator (idle when every region has its own).
-    pub allocator: FakeAllocator,
+    /// The doubles and the Director's environment.
+    pub doubles: doubles::world::World,
     /// Each region's own allocator, in the order of the regions, with `allocator_per_region`.
     pub regional: Vec<FakeAllocator>,
-    dir: TempDir,
-    pki: AgonesPki,
     client_certificate_versions: usize,
     random: u64,
 }
 
 impl World {
     pub fn start(config: WorldConfig) -> World {
-        let pki = AgonesPki::new();
-        let start_allocator = || {
-            let allocator = FakeAllocator::start(pki.server_tls(&["127.0.0.1", "localhost"]));
-            configure(&mut allocator.state(), &config);
-            allocator
-        };
-        let allocator = start_allocator();
-        let regional = if config.allocator_per_region {
-            config.regions.iter().map(|_| start_allocator()).collect()
-        } else {
-            Vec::new()
-        };
         let om = FakeOpenMatch::start();
         {
             let mut state = om.state();
             state.keep_requests = false;
             state.pending_release_timeout = Some(config.pending_release_timeout);
         }
+        let doubles = doubles::world::World::bare(om, &["127.0.0.1", "localhost"]);
+        configure(&mut doubles.allocator.state(), &config);
+        let regional = if config.allocator_per_region {
+            let start = || {
+                let tls = doubles.pki.server_tls(&["127.0.0.1", "localhost"]);
+                let allocator = FakeAllocator::start(tls);
+                configure(&mut allocator.state(), &config);
+                allocator
+            };
+            config.regions.iter().map(|_| start()).collect()
+        } else {
+            Vec::new()
+        };
         World {
             config,
-            om,
-            allocator,
+            doubles,
             regional,
-            dir: TempDir::new("sim"),
-            pki,
             client_certificate_versions: 0,
             random: 0x2545_F491_4F6C_DD1D,
         }
@@ -118,7 +118,7 @@ impl World {
 
     /// Every allocator double: the shared one, then the regions' own.
     pub fn allocators(&self) -> impl Iterator<Item = &FakeAllocator> {
-        std::iter::once(&self.allocator).chain(&self.regional)
+        std::iter::once(&self.doubles.allocator).chain(&self.regional)
     }
 
     /// Adds a player close to one region (5–45 ms) and farther from the others (60–200 ms).
@@ -157,7 +157,7 @@ impl World {
             })
             .collect();
         let args: Vec<(&str, f64)> = args.iter().map(|(a, v)| (a.as_str(), *v)).collect();
-        self.om.add_ticket(&args, &["mode.session"])
+        self.doubles.om.add_ticket(&args, &["mode.session"])
     }
 
     /// A pseudo-random number below `n` (n > 0).
@@ -175,9 +175,9 @@ impl World {
     /// Publishes a new client certificate and key the way the kubelet updates a mounted Secret
     /// (the first call creates the volume).
     pub fn rotate_client_certificate(&mut self) {
-        let volume_dir = self.dir.path().join("agones-tls");
+        let volume_dir = self.doubles.env.dir.path().join("agones-tls");
         std::fs::create_dir_all(&volume_dir).expect("create the client certificate volume");
-        let client = self.pki.client();
+        let client = self.doubles.pki.client();
         let mut volume = SecretVolume {
             dir: &volume_dir,
             version: self.client_certificate_versions,
@@ -186,47 +186,38 @@ impl World {
         self.client_certificate_versions = volume.version;
     }
 
-    /// Starts the `director` binary that sits next to this one, pointed at the doubles.
-    pub fn start_director(&mut self, rust_log: &str) -> DirectorProcess {
-        let ca = self.dir.write("ca.crt", self.pki.server_ca.pem());
+    /// Starts the `director` binary (the one next to this simulator, or `config.director`)
+    /// pointed at the doubles, its log left in the pipe.
+    pub fn start_director(&mut self, rust_log: &str) -> Director {
         self.rotate_client_certificate();
-        let cert = self.dir.path().join("agones-tls/tls.crt");
-        let key = self.dir.path().join("agones-tls/tls.key");
+        let volume = self.doubles.env.dir.path().join("agones-tls");
         let c = &self.config;
-        let binary = c.director.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .expect("own path")
-                .with_file_name("director")
-        });
-        let mut command = Command::new(&binary);
-        command
-            .env_clear()
-            .env("OPENMATCH_BACKEND_ADDR", "127.0.0.1")
-            .env("OPENMATCH_BACKEND_PORT", self.om.port.to_string())
-            .env("OPENMATCH_MATCH_FUNCTION_ADDR", "mmf.sim")
-            .env("AGONES_ALLOCATOR_ADDR", "127.0.0.1")
-            .env("AGONES_ALLOCATOR_PORT", self.allocator.port.to_string())
-            .env("AGONES_CA_CERT", &ca)
-            .env("AGONES_CLIENT_CERT", &cert)
-            .env("AGONES_CLIENT_KEY", &key)
-            .env("REGIONS", c.regions.join(","))
-            .env("RANGES", &c.ranges)
-            .env("INTERVAL", format!("{}ms", c.interval.as_millis()))
-            .env("ALLOCATE_TIMEOUT", "2s")
-            .env("ALLOCATE_RETRY_BUDGET", "5s")
-            .env(
-                "SHUTDOWN_TIMEOUT",
-                format!("{}s", SHUTDOWN_TIMEOUT.as_secs()),
-            )
-            .env("ASSIGN_TIMEOUT", format!("{}s", ASSIGN_TIMEOUT.as_secs()))
-            .env(
-                "METRICS_ADDR",
-                if c.operations_port { "127.0.0.1:0" } else { "" },
-            )
-            .env("RUST_LOG", rust_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let env = &mut self.doubles.env;
+        if let Some(binary) = &c.director {
+            env.binary.clone_from(binary);
+        }
+        env.set("OPENMATCH_MATCH_FUNCTION_ADDR", "mmf.sim");
+        env.set(
+            "AGONES_CLIENT_CERT",
+            volume.join("tls.crt").display().to_string(),
+        );
+        env.set(
+            "AGONES_CLIENT_KEY",
+            volume.join("tls.key").display().to_string(),
+        );
+        env.set("REGIONS", c.regions.join(","));
+        env.set("RANGES", &c.ranges);
+        env.set("INTERVAL", format!("{}ms", c.interval.as_millis()));
+        env.set("ALLOCATE_TIMEOUT", "2s");
+        env.set("ALLOCATE_RETRY_BUDGET", "5s");
+        env.set(
+            "SHUTDOWN_TIMEOUT",
+            format!("{}s", SHUTDOWN_TIMEOUT.as_secs()),
+        );
+        env.set("ASSIGN_TIMEOUT", format!("{}s", ASSIGN_TIMEOUT.as_secs()));
+        let operations = if c.operations_port { "127.0.0.1:0" } else { "" };
+        env.set("METRICS_ADDR", operations);
+        env.set("RUST_LOG", rust_log);
         if !self.regional.is_empty() {
             let endpoints: Vec<String> = c
                 .regions
@@ -234,22 +225,50 @@ impl World {
                 .zip(&self.regional)
                 .map(|(region, allocator)| format!("{region}=127.0.0.1:{}", allocator.port))
                 .collect();
-            command.env("AGONES_ALLOCATOR_ENDPOINTS", endpoints.join(","));
+            env.set("AGONES_ALLOCATOR_ENDPOINTS", endpoints.join(","));
         }
-        command.envs(c.director_env.iter().map(|(k, v)| (k, v)));
+        for (key, value) in &c.director_env {
+            env.set(key, value.as_str());
+        }
         if let Some(dir) = &c.mapping_dir {
-            command.env("GA_MAPPING_DIR", dir);
+            env.set("GA_MAPPING_DIR", dir.display().to_string());
         }
         if let Some(threads) = c.allocator_threads {
-            command.env("ALLOCATOR_THREADS", threads.to_string());
+            env.set("ALLOCATOR_THREADS", threads.to_string());
         }
         if let Some(rate) = c.allocate_rate_limit {
-            command.env("ALLOCATE_RATE_LIMIT", rate.to_string());
+            env.set("ALLOCATE_RATE_LIMIT", rate.to_string());
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        DirectorProcess { child }
+        env.start_piped()
+    }
+}
+
+/// Players arriving at a steady rate, added in steps of [`ARRIVAL_STEP`].
+pub struct Arrivals {
+    per_second: f64,
+    owed: f64,
+}
+
+/// How often [`Arrivals::step`] adds the players that are due.
+pub const ARRIVAL_STEP: Duration = Duration::from_millis(50);
+
+impl Arrivals {
+    /// `per_second` players a second.
+    pub fn new(per_second: f64) -> Arrivals {
+        Arrivals {
+            per_second,
+            owed: 0.0,
+        }
+    }
+
+    /// Waits one step, then adds the players due by now to `world`.
+    pub fn step(&mut self, world: &mut World) {
+        std::thread::sleep(ARRIVAL_STEP);
+        self.owed += self.per_second * ARRIVAL_STEP.as_secs_f64();
+        while self.owed >= 1.0 {
+            world.add_player();
+            self.owed -= 1.0;
+        }
     }
 }
 
@@ -269,92 +288,6 @@ fn configure(state: &mut AgonesState, config: &WorldConfig) {
             .hanging_regions
             .insert(region.clone(), Duration::from_secs(3600));
     }
-}
-
-/// The `director` child process, with its resource use read from /proc.
-pub struct DirectorProcess {
-    child: Child,
-}
-
-impl DirectorProcess {
-    /// Its log, one line at a time.
-    pub fn log_lines(&mut self) -> impl Iterator<Item = String> {
-        let stderr: ChildStderr = self.child.stderr.take().expect("stderr is piped");
-        BufReader::new(stderr).lines().map_while(Result::ok)
-    }
-
-    /// CPU time used so far (user + system).
-    pub fn cpu_time(&self) -> Duration {
-        cpu_time_of(self.child.id())
-    }
-
-    /// Peak resident memory (VmHWM) in KiB, from /proc/PID/status.
-    pub fn peak_rss_kib(&self) -> u64 {
-        self.status_value("VmHWM:")
-    }
-
-    /// Resident memory now (VmRSS) in KiB, from /proc/PID/status.
-    pub fn rss_kib(&self) -> u64 {
-        self.status_value("VmRSS:")
-    }
-
-    /// Anonymous resident memory now (RssAnon: heap and stacks, not the mapped binary) in KiB.
-    pub fn anonymous_rss_kib(&self) -> u64 {
-        self.status_value("RssAnon:")
-    }
-
-    /// The Director's threads now, from /proc/PID/status.
-    pub fn threads(&self) -> u64 {
-        self.status_value("Threads:")
-    }
-
-    fn status_value(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-
-    /// Whether it has exited.
-    pub fn has_exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits for the exit; returns the exit code.
-    pub fn wait(&mut self) -> Option<i32> {
-        self.child.wait().ok().and_then(|s| s.code())
-    }
-}
-
-impl Drop for DirectorProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.terminate();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// CPU time process `pid` used so far (user + system), from /proc/PID/stat (10 ms ticks).
-pub fn cpu_time_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
 }
 
 /// The `q`-quantile (0..=1) of `values`, which it sorts.

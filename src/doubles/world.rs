@@ -1,32 +1,73 @@
-//! The doubles and a Director's environment wired together, and helpers shared by the tests.
+//! The world a Director runs in: the Open Match and allocator doubles, the PKI they share, and the
+//! Director's environment pointing at them. The end-to-end tests and the simulator both start
+//! from here.
 
 use std::time::Duration;
 
-use crate::director::{wait_until, Director, DirectorEnv};
-pub use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION as MATCH_ID;
-use agones_openmatch_director::doubles::agones::{AgonesPki, FakeAllocator};
-use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};
-use agones_openmatch_director::pipeline::{Totals, ACCOUNTING_PREFIX};
+use super::agones::{AgonesPki, FakeAllocator};
+use super::director::{Director, DirectorEnv};
+use super::openmatch::{FakeOpenMatch, TicketStatus};
+use super::wait::wait_until;
+use crate::allocator::MATCH_ID_ANNOTATION;
+use crate::pipeline::{Totals, ACCOUNTING_PREFIX};
 
+/// The regions of the tests' Director.
 pub const REGIONS: [&str; 2] = ["us-east-1", "us-east-2"];
+
+/// How long a test waits for something the Director should do soon.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The tests' settings: two regions, two bands, short timings, four workers per region, an
+/// operations port on a free port.
+pub const TEST_SETTINGS: &[(&str, &str)] = &[
+    ("OPENMATCH_MATCH_FUNCTION_ADDR", "mmf.test"),
+    ("OPENMATCH_MATCH_FUNCTION_PORT", "50502"),
+    ("AGONES_NAMESPACE", "game-servers"),
+    ("AGONES_MULTICLUSTER", "true"),
+    ("REGIONS", "us-east-1,us-east-2"),
+    ("RANGES", "0-49,50-99"),
+    ("INTERVAL", "100ms"),
+    ("FETCH_TIMEOUT", "5s"),
+    ("ALLOCATE_TIMEOUT", "2s"),
+    ("ASSIGN_TIMEOUT", "2s"),
+    ("ALLOCATE_RETRY_BUDGET", "3s"),
+    ("ASSIGN_RETRY_BUDGET", "3s"),
+    ("SHUTDOWN_TIMEOUT", "5s"),
+    ("ALLOCATOR_THREADS", "4"),
+    ("METRICS_ADDR", "127.0.0.1:0"),
+    ("CERT_RELOAD_INTERVAL", "200ms"),
+    ("RUST_LOG", "info,grpcio=warn"),
+];
 
 /// The doubles and the Director's environment, wired together.
 pub struct World {
+    /// The CAs and client identities of the allocator side.
     pub pki: AgonesPki,
+    /// The Open Match double.
     pub om: FakeOpenMatch,
+    /// The allocator double every region shares unless it has its own.
     pub allocator: FakeAllocator,
+    /// The Director's environment.
     pub env: DirectorEnv,
 }
 
 impl World {
-    /// A plaintext Open Match and an allocator whose certificate is valid for 127.0.0.1.
+    /// A plaintext Open Match and an allocator whose certificate is valid for 127.0.0.1, with
+    /// [`TEST_SETTINGS`].
     pub fn new() -> World {
         World::with(FakeOpenMatch::start(), &["127.0.0.1", "localhost"])
     }
 
-    /// `om`, and an allocator whose server certificate is valid for `allocator_names`.
+    /// `om`, and an allocator whose server certificate is valid for `allocator_names`, with
+    /// [`TEST_SETTINGS`].
     pub fn with(om: FakeOpenMatch, allocator_names: &[&str]) -> World {
+        let mut world = World::bare(om, allocator_names);
+        world.env.set_all(TEST_SETTINGS);
+        world
+    }
+
+    /// `om` and an allocator as in [`World::with`], with only the variables that reach them.
+    pub fn bare(om: FakeOpenMatch, allocator_names: &[&str]) -> World {
         let pki = AgonesPki::new();
         let allocator = FakeAllocator::start(pki.server_tls(allocator_names));
         let env = DirectorEnv::new(om.port, allocator.port, &pki);
@@ -78,17 +119,24 @@ impl World {
             .filter(|r| {
                 r.get_metadata()
                     .get_annotations()
-                    .get(MATCH_ID)
+                    .get(MATCH_ID_ANNOTATION)
                     .map(String::as_str)
                     == Some(match_id)
             })
             .count()
     }
 
+    /// Waits until `count` tickets are assigned.
     pub fn wait_assigned(&self, count: usize) {
         wait_until(WAIT, &format!("{count} assigned tickets"), || {
             self.om.state().assigned() >= count
         });
+    }
+}
+
+impl Default for World {
+    fn default() -> World {
+        World::new()
     }
 }
 

@@ -1,0 +1,312 @@
+//! Reads the configuration section by section: Open Match, the profiles, the mappings, each
+//! region's allocator, the timings and the pools. Every problem is recorded in the [`Reader`]; the
+//! configuration is returned only when there is none.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::files::{load_mapping, load_request_template, load_tls, load_tls_dir};
+use super::parse::{
+    count, non_zero, overlap, parse_band_list, parse_bands, parse_bool, parse_duration,
+    parse_host_port, parse_port, parse_rate_limit, parse_regions,
+};
+use super::reader::Reader;
+use super::{
+    AddressSource, AgonesConfig, AllocatorTarget, Config, ConfigErrors, Endpoint, OpenMatchConfig,
+    Origin, ProfileConfig, Timing,
+};
+use crate::names::is_label_key;
+use crate::tls::TlsMaterial;
+
+/// The whole configuration through `lookup`, with the checks of `origin`, or every problem.
+pub(super) fn config(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    origin: Origin,
+) -> Result<Config, ConfigErrors> {
+    let mut r = Reader::new(lookup, origin);
+    let openmatch = read_openmatch(&mut r);
+    let profiles = read_profiles(&mut r);
+    let mapping_dir = r.optional("GA_MAPPING_DIR").map(PathBuf::from);
+    let mapping_on = mapping_dir.is_some();
+    let mapping = mapping_dir.and_then(|dir| load_mapping(&mut r, dir, &profiles.regions));
+    let agones = read_agones(&mut r, &profiles.regions, mapping_on);
+    let config = Config {
+        openmatch,
+        agones,
+        mapping,
+        profiles,
+        timing: read_timing(&mut r),
+        allocator_threads: r.parsed("ALLOCATOR_THREADS", "32", |s| count(s, 1, 1024)),
+        allocator_connections: r.parsed("ALLOCATOR_CONNECTIONS", "2", |s| count(s, 1, 64)),
+        allocate_rate_limit: r.optional_parsed("ALLOCATE_RATE_LIMIT", parse_rate_limit),
+        queue_capacity: r.parsed("QUEUE_CAPACITY", "64", |s| count(s, 1, 1_000_000)),
+        metrics_addr: read_metrics_addr(&mut r),
+        cert_reload_interval: r.parsed("CERT_RELOAD_INTERVAL", "10s", |s| {
+            parse_duration(s).and_then(non_zero)
+        }),
+        warnings: Vec::new(),
+    };
+    if !r.problems.is_empty() {
+        return Err(ConfigErrors(r.problems));
+    }
+    Ok(Config {
+        warnings: r.warnings,
+        ..config
+    })
+}
+
+/// Reads a host variable and a port variable, each `(name, default)`.
+fn read_endpoint(r: &mut Reader, host: (&str, &str), port: (&str, &str)) -> Endpoint {
+    Endpoint {
+        host: r.string(host.0, host.1),
+        port: r.parsed(port.0, port.1, parse_port),
+    }
+}
+
+fn read_openmatch(r: &mut Reader) -> OpenMatchConfig {
+    let backend = read_endpoint(
+        r,
+        (
+            "OPENMATCH_BACKEND_ADDR",
+            "open-match-backend.open-match.svc.cluster.local",
+        ),
+        ("OPENMATCH_BACKEND_PORT", "50505"),
+    );
+    let match_function = read_endpoint(
+        r,
+        (
+            "OPENMATCH_MATCH_FUNCTION_ADDR",
+            "agones-openmatch-mmf.agones-openmatch.svc.cluster.local",
+        ),
+        ("OPENMATCH_MATCH_FUNCTION_PORT", "50502"),
+    );
+    OpenMatchConfig {
+        backend,
+        match_function,
+        tls: read_openmatch_tls(r),
+    }
+}
+
+/// OPENMATCH_CA_CERT, with OPENMATCH_CLIENT_CERT and OPENMATCH_CLIENT_KEY for mTLS; `None` for
+/// plaintext (or when a problem was recorded).
+fn read_openmatch_tls(r: &mut Reader) -> Option<TlsMaterial> {
+    let ca = r.optional("OPENMATCH_CA_CERT");
+    let cert = r.optional("OPENMATCH_CLIENT_CERT");
+    let key = r.optional("OPENMATCH_CLIENT_KEY");
+    let Some(ca) = ca else {
+        if cert.is_some() || key.is_some() {
+            r.problem(
+                "OPENMATCH_CA_CERT",
+                "must be set when OPENMATCH_CLIENT_CERT or OPENMATCH_CLIENT_KEY is set",
+            );
+        }
+        return None;
+    };
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            Some(("OPENMATCH_CLIENT_CERT", cert, "OPENMATCH_CLIENT_KEY", key))
+        }
+        (Some(_), None) => {
+            r.problem(
+                "OPENMATCH_CLIENT_KEY",
+                "must be set when OPENMATCH_CLIENT_CERT is set",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            r.problem(
+                "OPENMATCH_CLIENT_CERT",
+                "must be set when OPENMATCH_CLIENT_KEY is set",
+            );
+            return None;
+        }
+    };
+    load_tls(r, ("OPENMATCH_CA_CERT", ca), identity)
+}
+
+/// `GAMESERVER_ADDRESS` (optional): `status`, or an address type; unset or empty means `status`,
+/// or `InternalIP` with a Global Accelerator mapping.
+fn read_address_source(r: &mut Reader, mapping_on: bool) -> AddressSource {
+    r.optional_parsed("GAMESERVER_ADDRESS", AddressSource::parse)
+        .unwrap_or_else(|| match mapping_on {
+            true => AddressSource::Type("InternalIP".to_string()),
+            false => AddressSource::Status,
+        })
+}
+
+fn read_agones(r: &mut Reader, regions: &[String], mapping_on: bool) -> AgonesConfig {
+    let allocator = read_endpoint(
+        r,
+        (
+            "AGONES_ALLOCATOR_ADDR",
+            "agones-allocator.agones-system.svc.cluster.local",
+        ),
+        ("AGONES_ALLOCATOR_PORT", "443"),
+    );
+    let endpoints = read_region_map(r, "AGONES_ALLOCATOR_ENDPOINTS", regions, |text| {
+        parse_host_port(text).map_err(|why| format!("{text:?} {why}"))
+    });
+    let tls_dirs = read_region_map(r, "AGONES_TLS_DIRS", regions, |text| {
+        Ok(PathBuf::from(text))
+    });
+    let server_names = read_region_map(r, "AGONES_TLS_SERVER_NAMES", regions, |text| {
+        Ok(text.to_string())
+    });
+    let shared_tls_needed = regions.iter().any(|region| !tls_dirs.contains_key(region));
+    let shared_tls = shared_tls_needed.then(|| {
+        let cert = r.string("AGONES_CLIENT_CERT", "/etc/director/agones-tls/tls.crt");
+        let key = r.string("AGONES_CLIENT_KEY", "/etc/director/agones-tls/tls.key");
+        let ca = r.string("AGONES_CA_CERT", "/etc/director/agones-tls/ca.crt");
+        load_tls(
+            r,
+            ("AGONES_CA_CERT", ca),
+            Some(("AGONES_CLIENT_CERT", cert, "AGONES_CLIENT_KEY", key)),
+        )
+    });
+    let tls_server_name = r.optional("AGONES_TLS_SERVER_NAME");
+    let multicluster = r.parsed("AGONES_MULTICLUSTER", "false", parse_bool);
+    let mut targets = BTreeMap::new();
+    for region in regions {
+        let tls = match tls_dirs.get(region) {
+            Some(dir) => load_tls_dir(r, region, dir),
+            None => shared_tls.clone().flatten(),
+        };
+        let own = endpoints.get(region).cloned();
+        let own_endpoint = own.is_some();
+        // A region whose material did not load has a problem recorded: no configuration is made.
+        let Some(tls) = tls else { continue };
+        let target = AllocatorTarget {
+            endpoint: own.unwrap_or_else(|| allocator.clone()),
+            tls,
+            tls_server_name: server_names
+                .get(region)
+                .cloned()
+                .or_else(|| tls_server_name.clone()),
+            multicluster: multicluster && !own_endpoint,
+            tls_dir: tls_dirs.get(region).cloned(),
+        };
+        targets.insert(region.clone(), target);
+    }
+    let namespace = r.string("AGONES_NAMESPACE", "default");
+    let region_label = r.string("REGION_LABEL", "region");
+    let policy_label = r.optional("AGONES_POLICY_LABEL");
+    if let Some(label) = policy_label.as_ref().filter(|label| !is_label_key(label)) {
+        r.problem(
+            "AGONES_POLICY_LABEL",
+            &format!("{label:?} is not a valid Kubernetes label key"),
+        );
+    }
+    let port_name = r.string("GAMESERVER_PORT_NAME", "default");
+    let request_template = r
+        .optional("ALLOCATION_REQUEST_FILE")
+        .and_then(|path| load_request_template(r, &path));
+    let address = read_address_source(r, mapping_on);
+    AgonesConfig {
+        address,
+        targets,
+        namespace,
+        region_label,
+        policy_label,
+        port_name,
+        request_template,
+    }
+}
+
+/// Reads an optional `region=value,region=value` variable: every region must be one of `regions`
+/// and appear once; `parse` turns each value into what the Director uses. Problems are recorded
+/// and their entries left out.
+fn read_region_map<T>(
+    r: &mut Reader,
+    name: &str,
+    regions: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> BTreeMap<String, T> {
+    let mut map = BTreeMap::new();
+    let Some(text) = r.optional(name) else {
+        return map;
+    };
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((region, value)) = entry.split_once('=') else {
+            r.problem(name, &format!("{entry:?} is not region=value"));
+            continue;
+        };
+        let (region, value) = (region.trim(), value.trim());
+        if !regions.iter().any(|known| known == region) {
+            r.problem(
+                name,
+                &format!(
+                    "region {region:?} is not in REGIONS ({})",
+                    regions.join(", ")
+                ),
+            );
+        } else if map.contains_key(region) {
+            r.problem(name, &format!("region {region:?} is given twice"));
+        } else if value.is_empty() {
+            r.problem(name, &format!("region {region:?} has an empty value"));
+        } else {
+            match parse(value) {
+                Ok(parsed) => {
+                    map.insert(region.to_string(), parsed);
+                }
+                Err(why) => r.problem(name, &format!("region {region:?}: {why}")),
+            }
+        }
+    }
+    map
+}
+
+/// `METRICS_ADDR`: `host:port` to listen on; set but empty disables the listener.
+fn read_metrics_addr(r: &mut Reader) -> Option<SocketAddr> {
+    let text = match r.raw("METRICS_ADDR") {
+        Some(value) if value.trim().is_empty() => return None,
+        Some(value) => value.trim().to_string(),
+        None => "0.0.0.0:8080".to_string(),
+    };
+    let address = text.parse().ok();
+    if address.is_none() {
+        r.problem(
+            "METRICS_ADDR",
+            &format!("is not an IP:port to listen on (got {text:?}); empty disables it"),
+        );
+    }
+    address
+}
+
+fn read_profiles(r: &mut Reader) -> ProfileConfig {
+    let regions = r.parsed("REGIONS", "us-east-1,us-east-2", parse_regions);
+    let ranges = "0-24,25-49,50-74,75-99,100-9999";
+    let bands = match r.origin {
+        Origin::Variables => r.parsed("RANGES", ranges, parse_bands),
+        Origin::OriginalFlags => {
+            let bands = r.parsed("RANGES", ranges, parse_band_list);
+            if let Some(problem) = overlap(&bands) {
+                r.warnings.push(format!(
+                    "RANGES (-ranges): {problem}; accepted because the original director's flags are in use: Open Match's evaluator keeps only one of two proposals that share a ticket"
+                ));
+            }
+            bands
+        }
+    };
+    let tag = r.string("PROFILE_TAG", "mode.session");
+    ProfileConfig {
+        regions,
+        bands,
+        tag,
+    }
+}
+
+fn read_timing(r: &mut Reader) -> Timing {
+    let positive = |s: &str| parse_duration(s).and_then(non_zero);
+    Timing {
+        interval: r.parsed("INTERVAL", "5s", positive),
+        fetch_timeout: r.parsed("FETCH_TIMEOUT", "30s", positive),
+        allocate_timeout: r.parsed("ALLOCATE_TIMEOUT", "10s", positive),
+        assign_timeout: r.parsed("ASSIGN_TIMEOUT", "5s", positive),
+        allocate_retry_budget: r.parsed("ALLOCATE_RETRY_BUDGET", "20s", parse_duration),
+        assign_retry_budget: r.parsed("ASSIGN_RETRY_BUDGET", "10s", parse_duration),
+        shutdown_timeout: r.parsed("SHUTDOWN_TIMEOUT", "25s", parse_duration),
+        queue_timeout: r.parsed("QUEUE_TIMEOUT", "10s", positive),
+    }
+}

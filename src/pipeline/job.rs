@@ -1,0 +1,115 @@
+//! A match on its way through the pipeline, how it can end, and how its tickets go back to the
+//! pool. Fetchers and workers both release matches through [`release_matches`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::services::Services;
+use crate::openmatch::OpenMatchClient;
+use crate::profiles::Profile;
+use crate::retry::{retry, RetryPolicy};
+
+/// A match waiting for a game server, with the profile (and so the region) that produced it.
+#[derive(Debug)]
+pub struct MatchJob {
+    /// The profile whose FetchMatches returned the match.
+    pub profile: Arc<Profile>,
+    /// Open Match's match id.
+    pub match_id: String,
+    /// The match's distinct ticket ids.
+    pub ticket_ids: Vec<String>,
+    /// When the match came off the stream.
+    pub received_at: Instant,
+}
+
+impl MatchJob {
+    /// How much longer the match may wait for a worker before QUEUE_TIMEOUT releases it (zero
+    /// once it has waited that long).
+    pub(super) fn queue_time_left(&self, queue_timeout: Duration) -> Duration {
+        (self.received_at + queue_timeout).saturating_duration_since(Instant::now())
+    }
+}
+
+/// Why matches that waited past QUEUE_TIMEOUT are released, for the log.
+pub(super) fn waited_past_queue_timeout(queue_timeout: Duration) -> String {
+    format!("waited longer than QUEUE_TIMEOUT ({queue_timeout:?}) for an allocator worker")
+}
+
+/// How a match ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its tickets got a game server's connection.
+    Assigned,
+    /// Its tickets were returned to the pool.
+    Released,
+    /// Neither assignment nor release reached Open Match.
+    Abandoned,
+}
+
+impl Outcome {
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Assigned => "assigned",
+            Outcome::Released => "released",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// [`release_matches`], each match counted under the outcome.
+pub(super) fn release_and_count(
+    services: &Services,
+    openmatch: &OpenMatchClient,
+    policy: RetryPolicy,
+    jobs: &[MatchJob],
+    why: &str,
+) {
+    let outcome = release_matches(services, openmatch, policy, jobs, why);
+    services
+        .metrics
+        .matches_finished
+        .add(&[outcome.label()], jobs.len() as u64);
+}
+
+/// Returns the tickets of `jobs` to the pool in one ReleaseTickets call, retrying transient
+/// failures as `policy` allows. The outcome is each match's: released, or abandoned to Open
+/// Match's pending-release timeout when Open Match cannot be reached. Logs the match ids and
+/// `why`.
+pub(super) fn release_matches(
+    services: &Services,
+    openmatch: &OpenMatchClient,
+    policy: RetryPolicy,
+    jobs: &[MatchJob],
+    why: &str,
+) -> Outcome {
+    let ticket_ids: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| j.ticket_ids.iter().cloned())
+        .collect();
+    let match_ids: Vec<&str> = jobs.iter().map(|j| j.match_id.as_str()).collect();
+    match retry(
+        policy,
+        &services.shutdown,
+        |timeout| openmatch.release(&ticket_ids, timeout),
+        |_, _| {},
+    ) {
+        Ok(()) => {
+            services
+                .metrics
+                .tickets_released
+                .add(ticket_ids.len() as u64);
+            log::warn!(
+                "Released {} tickets of match(es) {match_ids:?} back to the pool: {why}",
+                ticket_ids.len()
+            );
+            Outcome::Released
+        }
+        Err(error) => {
+            log::error!(
+                "ReleaseTickets for match(es) {match_ids:?} ({why}) failed: {error}; tickets {ticket_ids:?} wait for Open Match's pending-release timeout",
+            );
+            Outcome::Abandoned
+        }
+    }
+}
