@@ -91,6 +91,10 @@ fn assigns_every_ticket_once_in_its_region_then_drains_on_sigterm() {
     assert!(om.releases.is_empty());
     drop((om, agones));
 
+    // The worker logs its assignment just after Open Match has recorded it.
+    wait_until(WAIT, "four Assigned server lines", || {
+        director.lines_with("Assigned server 127.0.0.1:").len() >= 4
+    });
     assert_eq!(director.lines_with("Assigned server 127.0.0.1:").len(), 4);
     let director = stop(director);
     let accounting = final_accounting(&director);
