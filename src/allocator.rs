@@ -82,17 +82,31 @@ impl AllocatorClient {
     }
 }
 
+/// The match a game server is allocated for.
+#[derive(Clone, Copy, Debug)]
+pub struct ForMatch<'a> {
+    /// The region of the profile that produced it.
+    pub region: &'a str,
+    /// That profile's name.
+    pub profile: &'a str,
+    /// Open Match's match id.
+    pub match_id: &'a str,
+    /// The id of the new backfill the game server is to acknowledge, if the match has one.
+    pub backfill_id: Option<&'a str>,
+}
+
 /// The request for one match: ALLOCATION_REQUEST_FILE's request if there is one, with the
 /// region's label added to every selector (to one selector when it has none); the namespace and
 /// multi-cluster setting (with the region's policy label, if configured) unless the file sets
-/// them; and metadata that lets a game server allocated by a lost response be traced back to its
-/// match.
-pub fn allocation_request(
-    config: &AgonesConfig,
-    region: &str,
-    profile_name: &str,
-    match_id: &str,
-) -> AllocationRequest {
+/// them; metadata that lets a game server allocated by a lost response be traced back to its
+/// match; and a new backfill's id, under BACKFILL_ID_ANNOTATION, for its game server to read.
+pub fn allocation_request(config: &AgonesConfig, game: ForMatch) -> AllocationRequest {
+    let ForMatch {
+        region,
+        profile,
+        match_id,
+        backfill_id,
+    } = game;
     let mut request = config.request_template.clone().unwrap_or_default();
     if request.get_gameServerSelectors().is_empty() {
         request
@@ -116,7 +130,12 @@ pub fn allocation_request(
         .insert(MATCH_ID_ANNOTATION.to_string(), match_id.to_string());
     metadata
         .mut_labels()
-        .insert(PROFILE_LABEL.to_string(), label_value(profile_name));
+        .insert(PROFILE_LABEL.to_string(), label_value(profile));
+    if let Some(backfill_id) = backfill_id {
+        metadata
+            .mut_annotations()
+            .insert(config.backfill_annotation.clone(), backfill_id.to_string());
+    }
     request
 }
 
@@ -251,7 +270,34 @@ mod tests {
             port_name: "default".into(),
             request_template: None,
             address: AddressSource::Status,
+            backfill_annotation: "open-match.dev/backfill-id".into(),
         }
+    }
+
+    /// A match of `profile` in `region`, without a backfill.
+    fn game<'a>(region: &'a str, profile: &'a str, match_id: &'a str) -> ForMatch<'a> {
+        ForMatch {
+            region,
+            profile,
+            match_id,
+            backfill_id: None,
+        }
+    }
+
+    #[test]
+    fn a_new_backfill_hands_its_id_to_the_game_server() {
+        let config = AgonesConfig {
+            backfill_annotation: "example.com/backfill".into(),
+            ..agones_config()
+        };
+        let game = ForMatch {
+            backfill_id: Some("backfill-7"),
+            ..game("eu-west", "p", "m-1")
+        };
+        let request = allocation_request(&config, game);
+        let annotations = request.get_metadata().get_annotations();
+        assert_eq!(annotations["example.com/backfill"], "backfill-7");
+        assert_eq!(annotations[MATCH_ID_ANNOTATION], "m-1");
     }
 
     fn response(address: &str, ports: &[(&str, i32)]) -> AllocationResponse {
@@ -269,8 +315,10 @@ mod tests {
 
     #[test]
     fn request_selects_region_and_tags_match() {
-        let request =
-            allocation_request(&agones_config(), "eu-west", "latency-eu-west-0-24", "m-1");
+        let request = allocation_request(
+            &agones_config(),
+            game("eu-west", "latency-eu-west-0-24", "m-1"),
+        );
         assert_eq!(request.get_namespace(), "games");
         assert!(request.get_multiClusterSetting().get_enabled());
         let selectors = request.get_gameServerSelectors();
@@ -296,7 +344,7 @@ mod tests {
             request_template: Some(template.clone()),
             ..agones_config()
         };
-        let request = allocation_request(&config, "eu-west", "p", "m-1");
+        let request = allocation_request(&config, game("eu-west", "p", "m-1"));
         for selector in request.get_gameServerSelectors() {
             assert_eq!(selector.get_matchLabels()["topology/region"], "eu-west");
         }
@@ -325,7 +373,7 @@ mod tests {
             policy_label: Some("region".into()),
             ..agones_config()
         };
-        let request = allocation_request(&config, "eu-west", "p", "m-1");
+        let request = allocation_request(&config, game("eu-west", "p", "m-1"));
         assert_eq!(request.get_namespace(), "arena");
         assert!(!request.get_multiClusterSetting().get_enabled());
         assert!(!request.get_multiClusterSetting().has_policySelector());
@@ -338,14 +386,14 @@ mod tests {
             policy_label: Some("region".into()),
             ..agones_config()
         };
-        let shared = allocation_request(&config, "eu-west", "p", "m-1");
+        let shared = allocation_request(&config, game("eu-west", "p", "m-1"));
         let setting = shared.get_multiClusterSetting();
         assert!(setting.get_enabled());
         assert_eq!(
             setting.get_policySelector().get_matchLabels()["region"],
             "eu-west"
         );
-        let own = allocation_request(&config, "eu-north", "p", "m-2");
+        let own = allocation_request(&config, game("eu-north", "p", "m-2"));
         assert!(!own.get_multiClusterSetting().get_enabled());
         assert!(!own.get_multiClusterSetting().has_policySelector());
     }

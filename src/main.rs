@@ -116,7 +116,7 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
     let agones = &config.agones;
     let timing = &config.timing;
     log::info!(
-        "Starting director {}: Open Match backend {} ({om_security}), match function {}; Agones namespace {:?}, selector label {:?}, policy label {:?}, port {:?}",
+        "Starting director {}: Open Match backend {} ({om_security}), match function {}; Agones namespace {:?}, selector label {:?}, policy label {:?}, port {:?}, backfill id annotation {:?}",
         env!("CARGO_PKG_VERSION"),
         om.backend,
         om.match_function,
@@ -124,6 +124,7 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
         agones.region_label,
         agones.policy_label.as_deref().unwrap_or("none"),
         agones.port_name,
+        agones.backfill_annotation,
     );
     for (region, target) in &agones.targets {
         log::info!(

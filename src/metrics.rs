@@ -190,7 +190,7 @@ pub struct Metrics {
     pub allocation_duration: Histogram,
     /// Allocate attempts that waited for ALLOCATE_RATE_LIMIT, by region.
     pub allocate_throttled: Family,
-    /// How matches ended, by outcome (`assigned`, `released`, `abandoned`).
+    /// How matches ended, by outcome (`assigned`, `released`, `backfill`, `abandoned`).
     pub matches_finished: Family,
     /// Tickets that got an assignment.
     pub tickets_assigned: Counter,
@@ -261,7 +261,7 @@ impl Metrics {
             ),
             matches_finished: Family::new(
                 "director_matches_total",
-                "Matches handled, by outcome: assigned, released, or abandoned to Open Match's pending-release timeout.",
+                "Matches handled, by outcome: assigned, released, backfill (topping up a running game's backfill, left to its game server), or abandoned to Open Match's pending-release timeout.",
                 &["outcome"],
             ),
             tickets_assigned: Counter::new(

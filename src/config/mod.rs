@@ -110,6 +110,8 @@ pub struct AgonesConfig {
     pub request_template: Option<AllocationRequest>,
     /// GAMESERVER_ADDRESS: which address of the allocated game server players get.
     pub address: AddressSource,
+    /// BACKFILL_ID_ANNOTATION: the annotation that hands a new backfill's id to its game server.
+    pub backfill_annotation: String,
 }
 
 /// GA_MAPPING_DIR: the Global Accelerator mappings, loaded.
@@ -222,6 +224,10 @@ pub enum Origin {
     /// as its own manifest has them.
     OriginalFlags,
 }
+
+/// BACKFILL_ID_ANNOTATION's default: the annotation that hands a new backfill's id to its game
+/// server.
+pub const DEFAULT_BACKFILL_ID_ANNOTATION: &str = "open-match.dev/backfill-id";
 
 /// Which address of an allocated game server players get (GAMESERVER_ADDRESS).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

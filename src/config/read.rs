@@ -14,7 +14,7 @@ use super::parse::{
 use super::reader::Reader;
 use super::{
     AddressSource, AgonesConfig, AllocatorTarget, Config, ConfigErrors, Endpoint, OpenMatchConfig,
-    Origin, ProfileConfig, Timing,
+    Origin, ProfileConfig, Timing, DEFAULT_BACKFILL_ID_ANNOTATION,
 };
 use crate::names::is_label_key;
 use crate::tls::TlsMaterial;
@@ -199,6 +199,13 @@ fn read_agones(r: &mut Reader, regions: &[String], mapping_on: bool) -> AgonesCo
         );
     }
     let port_name = r.string("GAMESERVER_PORT_NAME", "default");
+    let backfill_annotation = r.string("BACKFILL_ID_ANNOTATION", DEFAULT_BACKFILL_ID_ANNOTATION);
+    if !is_label_key(&backfill_annotation) {
+        r.problem(
+            "BACKFILL_ID_ANNOTATION",
+            &format!("{backfill_annotation:?} is not a valid Kubernetes annotation key"),
+        );
+    }
     let request_template = r
         .optional("ALLOCATION_REQUEST_FILE")
         .and_then(|path| load_request_template(r, &path));
@@ -211,6 +218,7 @@ fn read_agones(r: &mut Reader, regions: &[String], mapping_on: bool) -> AgonesCo
         policy_label,
         port_name,
         request_template,
+        backfill_annotation,
     }
 }
 

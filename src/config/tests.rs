@@ -74,6 +74,7 @@ fn every_default() {
     assert_eq!(agones.policy_label, None);
     assert_eq!(agones.region_label, "region");
     assert_eq!(agones.port_name, "default");
+    assert_eq!(agones.backfill_annotation, "open-match.dev/backfill-id");
     assert_eq!(config.profiles.regions, ["us-east-1", "us-east-2"]);
     let bands: Vec<_> = config
         .profiles
@@ -163,6 +164,7 @@ fn every_problem_is_reported_at_once_with_its_variable() {
         .set("QUEUE_CAPACITY", "many")
         .set("ASSIGN_TIMEOUT", "0s")
         .set("METRICS_ADDR", "localhost")
+        .set("BACKFILL_ID_ANNOTATION", "backfill id")
         .problems();
     let vars: Vec<&str> = problems
         .iter()
@@ -175,6 +177,7 @@ fn every_problem_is_reported_at_once_with_its_variable() {
             "REGIONS",
             "RANGES",
             "AGONES_MULTICLUSTER",
+            "BACKFILL_ID_ANNOTATION",
             "INTERVAL",
             "ASSIGN_TIMEOUT",
             "ALLOCATOR_THREADS",
@@ -184,7 +187,8 @@ fn every_problem_is_reported_at_once_with_its_variable() {
         "{problems:#?}"
     );
     assert!(problems[2].contains("min > max"));
-    assert!(problems[5].contains("greater than zero"));
+    assert!(problems[4].contains("\"backfill id\" is not a valid Kubernetes annotation key"));
+    assert!(problems[6].contains("greater than zero"));
 }
 
 /// A TLS Secret's directory for a region: `tls.crt`, `tls.key` and `ca.crt` of its own CA.
@@ -488,6 +492,7 @@ const FUZZED: &[&str] = &[
     "QUEUE_CAPACITY",
     "METRICS_ADDR",
     "CERT_RELOAD_INTERVAL",
+    "BACKFILL_ID_ANNOTATION",
 ];
 
 /// Text that looks like configuration values: digits, units, separators, and anything else.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::allocator::MATCH_ID_ANNOTATION;
+use crate::config::DEFAULT_BACKFILL_ID_ANNOTATION;
 use crate::proto::allocation::{
     AllocationRequest, AllocationResponse, AllocationResponse_GameServerStatusAddress,
     AllocationResponse_GameServerStatusPort,
@@ -45,6 +46,18 @@ pub struct Allocated {
     pub connection: String,
     /// The match id from the request's annotation.
     pub match_id: String,
+}
+
+/// The game server of a new backfill, as an Agones game server that reads its backfill id from
+/// its annotation would see itself.
+#[derive(Clone, Debug)]
+pub struct BackfillServer {
+    /// The backfill id from the allocation's annotation.
+    pub backfill_id: String,
+    /// `address:port` handed back.
+    pub connection: String,
+    /// When it was allocated.
+    pub allocated_at: Instant,
 }
 
 /// A fleet of game servers per region: each is Ready, or Allocated until its session ends.
@@ -145,10 +158,23 @@ pub struct AgonesState {
     /// Whether every allocation returns the same game server, as a high-density server that
     /// hosts many matches does (an `ALLOCATED` selector finds it again and again).
     pub one_game_server: bool,
+    /// The game servers allocated for a new backfill whose session has not ended (always kept).
+    pub backfill_servers: Vec<BackfillServer>,
     random: u64,
 }
 
 impl AgonesState {
+    /// The backfill game servers whose session has ended (removed from `backfill_servers`), and
+    /// those still running.
+    pub fn backfill_sessions(&mut self) -> (Vec<BackfillServer>, Vec<BackfillServer>) {
+        let session = self.fleet.as_ref().map(|fleet| fleet.session);
+        let (ended, running) = std::mem::take(&mut self.backfill_servers)
+            .into_iter()
+            .partition(|server| session.is_some_and(|s| server.allocated_at.elapsed() >= s));
+        self.backfill_servers.clone_from(&running);
+        (ended, running)
+    }
+
     /// The last game server allocated for a match.
     pub fn connection_of(&self, match_id: &str) -> Option<&Allocated> {
         self.allocated.iter().rev().find(|a| a.match_id == match_id)
@@ -389,6 +415,14 @@ impl Allocator {
             port.set_name("default".into());
             port.set_port(7000 + number as i32);
             response.mut_ports().push(port);
+        }
+        let annotations = request.get_metadata().get_annotations();
+        if let Some(backfill_id) = annotations.get(DEFAULT_BACKFILL_ID_ANNOTATION) {
+            state.backfill_servers.push(BackfillServer {
+                backfill_id: backfill_id.clone(),
+                connection: connection.clone(),
+                allocated_at: Instant::now(),
+            });
         }
         if state.keep_requests {
             state.allocated.push(Allocated {

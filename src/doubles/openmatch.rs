@@ -1,14 +1,15 @@
 //! An in-process Open Match backend double: a ticket pool with available / pending / assigned
-//! states, FetchMatches that streams matches of four tickets fitting the profile's first pool,
-//! and a record of every request it received.
+//! states, FetchMatches that streams matches of four tickets fitting the profile's first pool
+//! (plain, or with a backfill), backfills that game servers acknowledge, and a record of every
+//! request it received.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::proto::backend::*;
 use crate::proto::backend_grpc::{create_backend_service, BackendService};
-use crate::proto::messages::{Match, Pool, SearchFields, Ticket};
+use crate::proto::messages::{Backfill, Match, Pool, SearchFields, Ticket};
 use futures_util::{SinkExt, TryFutureExt};
 
 use super::server::Served;
@@ -63,8 +64,39 @@ pub struct IssuedMatch {
     pub ticket_ids: Vec<String>,
     /// When it was put on the FetchMatches stream.
     pub streamed_at: Instant,
-    /// When the first AssignTickets naming its tickets arrived.
+    /// When the first AssignTickets naming its tickets arrived (or, for a top-up match, the
+    /// acknowledgement that assigned them).
     pub assigned_at: Option<Instant>,
+    /// The id of its backfill, if it has one.
+    pub backfill: Option<String>,
+    /// `allocate_gameserver`: the match's backfill is new and needs a game server.
+    pub allocate_gameserver: bool,
+    /// For a match that tops up a running game: the match whose game server runs that game.
+    pub tops_up: Option<String>,
+}
+
+/// What kind of match the match function makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MatchKind {
+    /// A match without a backfill.
+    Plain,
+    /// A match that creates a new backfill (`allocate_gameserver = true`).
+    NewBackfill,
+    /// A match that tops up the running backfill with this id (`allocate_gameserver = false`).
+    TopUp(String),
+}
+
+/// A backfill the double knows.
+#[derive(Clone, Debug, Default)]
+pub struct BackfillRecord {
+    /// 1 when created, one more with each match that updates it.
+    pub generation: i64,
+    /// The match that created it.
+    pub created_by: String,
+    /// The connection of the game server that last acknowledged it.
+    pub connection: Option<String>,
+    /// Tickets of top-up matches that wait for the game server's next acknowledgement.
+    pub pending: Vec<String>,
 }
 
 /// Faults to inject.
@@ -106,12 +138,24 @@ pub struct OmState {
     pub timed_out: usize,
     /// Whether to record every request (tests) or only count them (long simulations).
     pub keep_requests: bool,
+    /// The kinds of the next matches, in order; once empty, kinds are drawn with
+    /// `backfill_ratio`.
+    pub kinds: VecDeque<MatchKind>,
+    /// The share of matches that top up a running game (when there is one), and the share of the
+    /// others that start a game with a new backfill; 0: plain matches only.
+    pub backfill_ratio: f64,
+    /// Every backfill that exists, by id.
+    pub backfills: HashMap<String, BackfillRecord>,
+    /// Tickets assigned by a game server's acknowledgement of its backfill.
+    pub assigned_by_backfill: usize,
     /// The unanswered calls of `faults.hang_writes`, held open.
     hung: Vec<Box<dyn std::any::Any + Send>>,
     index: HashMap<String, usize>,
     by_match_ticket: HashMap<String, String>,
     next_ticket: usize,
     next_match: usize,
+    next_backfill: usize,
+    random: u64,
 }
 
 impl OmState {
@@ -228,6 +272,47 @@ impl FakeOpenMatch {
             .collect()
     }
 
+    /// What FrontendService.AcknowledgeBackfill does: records `connection` as backfill `id`'s
+    /// game server and assigns it the tickets of the top-up matches waiting for it; `false` when
+    /// the backfill does not exist.
+    pub fn acknowledge_backfill(&self, id: &str, connection: &str) -> bool {
+        let mut state = self.state();
+        let Some(record) = state.backfills.get_mut(id) else {
+            return false;
+        };
+        record.connection = Some(connection.to_string());
+        let waiting = std::mem::take(&mut record.pending);
+        let now = Instant::now();
+        for ticket in waiting {
+            let pending = state
+                .index
+                .get(&ticket)
+                .is_some_and(|&i| state.tickets[i].status == TicketStatus::Pending);
+            if pending && state.assign_ticket(&ticket, connection, now) {
+                state.assigned_by_backfill += 1;
+            }
+        }
+        true
+    }
+
+    /// What FrontendService.DeleteBackfill does when a game ends: the backfill is gone and the
+    /// tickets still waiting for it are matchable again.
+    pub fn delete_backfill(&self, id: &str) {
+        let mut state = self.state();
+        let Some(record) = state.backfills.remove(id) else {
+            return;
+        };
+        for ticket in record.pending {
+            if let Some(&position) = state.index.get(&ticket) {
+                let ticket = &mut state.tickets[position];
+                if ticket.status == TicketStatus::Pending {
+                    ticket.status = TicketStatus::Available;
+                    ticket.pending_since = None;
+                }
+            }
+        }
+    }
+
     /// Stops serving (the state is kept); calls fail with UNAVAILABLE until [`Self::restart`].
     pub fn stop(&mut self) {
         self.served.stop();
@@ -271,6 +356,110 @@ pub fn fits(pool: &Pool, fields: &SearchFields) -> bool {
 }
 
 impl OmState {
+    /// Assigns ticket `id` `connection` (counting its match as assigned the first time); `false`
+    /// when there is no such ticket.
+    fn assign_ticket(&mut self, id: &str, connection: &str, now: Instant) -> bool {
+        if let Some(m) = self
+            .by_match_ticket
+            .get(id)
+            .and_then(|match_id| self.matches.get_mut(match_id))
+        {
+            if m.assigned_at.is_none() {
+                m.assigned_at = Some(now);
+                self.assigned_matches += 1;
+            }
+        }
+        let Some(&position) = self.index.get(id) else {
+            return false;
+        };
+        let ticket = &mut self.tickets[position];
+        ticket.assigned_at.get_or_insert(now);
+        ticket.pending_since = None;
+        let times = match &ticket.status {
+            TicketStatus::Assigned { times, .. } => times + 1,
+            _ => 1,
+        };
+        ticket.status = TicketStatus::Assigned {
+            connection: connection.to_string(),
+            times,
+        };
+        true
+    }
+
+    /// The kind of the next match of `profile`: the next of `kinds`, else drawn with
+    /// `backfill_ratio` (a top-up joins a running game of the same profile).
+    fn next_kind(&mut self, profile: &str) -> MatchKind {
+        if let Some(kind) = self.kinds.pop_front() {
+            return kind;
+        }
+        if self.backfill_ratio <= 0.0 {
+            return MatchKind::Plain;
+        }
+        let mut running: Vec<String> = self
+            .backfills
+            .iter()
+            .filter(|(_, b)| {
+                b.connection.is_some()
+                    && self
+                        .matches
+                        .get(&b.created_by)
+                        .is_some_and(|m| m.profile == profile)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        running.sort();
+        let (top_up, start) = (self.chance(), self.chance());
+        match running.get(self.next_match % running.len().max(1)) {
+            Some(id) if top_up < self.backfill_ratio => MatchKind::TopUp(id.clone()),
+            _ if start < self.backfill_ratio => MatchKind::NewBackfill,
+            _ => MatchKind::Plain,
+        }
+    }
+
+    /// A pseudo-random number in [0, 1) (xorshift).
+    fn chance(&mut self) -> f64 {
+        if self.random == 0 {
+            self.random = 0x9E37_79B9_7F4A_7C15;
+        }
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        (self.random >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Gives match `m` (already holding its tickets) the backfill of `kind`, and records it.
+    fn attach_backfill(&mut self, m: &mut Match, kind: MatchKind) {
+        let id = match kind {
+            MatchKind::Plain => return,
+            MatchKind::NewBackfill => {
+                self.next_backfill += 1;
+                let id = format!("backfill-{}", self.next_backfill);
+                self.backfills.insert(
+                    id.clone(),
+                    BackfillRecord {
+                        created_by: m.get_match_id().to_string(),
+                        ..BackfillRecord::default()
+                    },
+                );
+                m.set_allocate_gameserver(true);
+                id
+            }
+            MatchKind::TopUp(id) => {
+                let record = self.backfills.entry(id.clone()).or_default();
+                record
+                    .pending
+                    .extend(m.get_tickets().iter().map(|t| t.get_id().to_string()));
+                id
+            }
+        };
+        let record = self.backfills.get_mut(&id).expect("recorded above");
+        record.generation += 1;
+        let mut backfill = Backfill::new();
+        backfill.set_id(id);
+        backfill.set_generation(record.generation);
+        m.set_backfill(backfill);
+    }
+
     /// Returns tickets pending longer than the pending-release timeout to the pool.
     fn expire_pending(&mut self) {
         let Some(timeout) = self.pending_release_timeout else {
@@ -341,6 +530,13 @@ impl Backend {
                 ticket.set_search_fields(state.tickets[index].search_fields.clone());
                 m.mut_tickets().push(ticket);
             }
+            let kind = state.next_kind(profile.get_name());
+            state.attach_backfill(&mut m, kind);
+            let tops_up = (m.has_backfill() && !m.get_allocate_gameserver()).then(|| {
+                state.backfills[m.get_backfill().get_id()]
+                    .created_by
+                    .clone()
+            });
             state.matches.insert(
                 match_id,
                 IssuedMatch {
@@ -352,6 +548,11 @@ impl Backend {
                         .collect(),
                     streamed_at: now,
                     assigned_at: None,
+                    backfill: m
+                        .has_backfill()
+                        .then(|| m.get_backfill().get_id().to_string()),
+                    allocate_gameserver: m.get_allocate_gameserver(),
+                    tops_up,
                 },
             );
             matches.push(m);
@@ -474,36 +675,11 @@ impl Backend {
             let connection = group.get_assignment().get_connection().to_string();
             for id in group.get_ticket_ids() {
                 let not_found = state.faults.not_found.contains(id);
-                let now = Instant::now();
-                if let Some(m) = state
-                    .by_match_ticket
-                    .get(id)
-                    .and_then(|match_id| state.matches.get_mut(match_id))
-                {
-                    if m.assigned_at.is_none() {
-                        m.assigned_at = Some(now);
-                        state.assigned_matches += 1;
-                    }
-                }
-                match state.index.get(id).map(|&i| &mut state.tickets[i]) {
-                    Some(ticket) if !not_found => {
-                        ticket.assigned_at.get_or_insert(now);
-                        ticket.pending_since = None;
-                        let times = match &ticket.status {
-                            TicketStatus::Assigned { times, .. } => times + 1,
-                            _ => 1,
-                        };
-                        ticket.status = TicketStatus::Assigned {
-                            connection: connection.clone(),
-                            times,
-                        };
-                    }
-                    _ => {
-                        let mut failure = AssignmentFailure::new();
-                        failure.set_ticket_id(id.clone());
-                        failure.set_cause(AssignmentFailure_Cause::TICKET_NOT_FOUND);
-                        response.mut_failures().push(failure);
-                    }
+                if not_found || !state.assign_ticket(id, &connection, Instant::now()) {
+                    let mut failure = AssignmentFailure::new();
+                    failure.set_ticket_id(id.clone());
+                    failure.set_cause(AssignmentFailure_Cause::TICKET_NOT_FOUND);
+                    response.mut_failures().push(failure);
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::agones::{AgonesPki, FakeAllocator};
+use super::agones::{AgonesPki, BackfillServer, FakeAllocator};
 use super::director::{Director, DirectorEnv};
 use super::openmatch::{FakeOpenMatch, TicketStatus};
 use super::wait::wait_until;
@@ -126,11 +126,29 @@ impl World {
             .count()
     }
 
+    /// The game servers of new backfills do what Agones game servers that read their backfill id
+    /// do: while their session lasts they acknowledge their backfill with their connection (Open
+    /// Match then assigns the tickets of its top-up matches); when it ends they delete it.
+    pub fn acknowledge_backfills(&self) {
+        let (ended, running) = self.allocator.state().backfill_sessions();
+        acknowledge(&self.om, &ended, &running);
+    }
+
     /// Waits until `count` tickets are assigned.
     pub fn wait_assigned(&self, count: usize) {
         wait_until(WAIT, &format!("{count} assigned tickets"), || {
             self.om.state().assigned() >= count
         });
+    }
+}
+
+/// Acknowledges the backfills of `running` game servers with `om`, and deletes those of `ended`.
+pub fn acknowledge(om: &FakeOpenMatch, ended: &[BackfillServer], running: &[BackfillServer]) {
+    for server in ended {
+        om.delete_backfill(&server.backfill_id);
+    }
+    for server in running {
+        om.acknowledge_backfill(&server.backfill_id, &server.connection);
     }
 }
 

@@ -13,6 +13,8 @@ pub struct Totals {
     pub assigned: u64,
     /// Matches whose tickets were released.
     pub released: u64,
+    /// Matches that top up a running game's backfill, left to its game server.
+    pub backfill: u64,
     /// Matches left to Open Match's pending-release timeout.
     pub abandoned: u64,
     /// Matches without tickets, skipped.
@@ -29,7 +31,7 @@ impl Totals {
     /// timeout), so that the accounting adds up.
     pub fn unfinished_abandoned(metrics: &Metrics) -> Totals {
         let mut totals = Totals::of(metrics);
-        let finished = totals.assigned + totals.released + totals.abandoned;
+        let finished = totals.assigned + totals.released + totals.backfill + totals.abandoned;
         let unfinished = totals.received.saturating_sub(finished);
         log::error!(
             "Shutdown bound reached with {unfinished} matches still in Open Match or allocator calls that did not end in time; counted as abandoned (their tickets return after Open Match's pending-release timeout; their ids are in the log lines above)"
@@ -45,6 +47,7 @@ impl Totals {
             received: metrics.matches_fetched.sum(),
             assigned: finished(Outcome::Assigned),
             released: finished(Outcome::Released),
+            backfill: finished(Outcome::Backfill),
             abandoned: finished(Outcome::Abandoned),
             skipped_empty: metrics.empty_matches.get(),
             tickets_not_found: metrics.assignment_failures.get(&["ticket_not_found"]),
@@ -54,16 +57,17 @@ impl Totals {
 
     /// Whether every match received ended in exactly one outcome.
     pub fn adds_up(&self) -> bool {
-        self.received == self.assigned + self.released + self.abandoned
+        self.received == self.assigned + self.released + self.backfill + self.abandoned
     }
 
     /// The Director's last log line: [`ACCOUNTING_PREFIX`] and every figure.
     pub fn accounting_line(&self) -> String {
         format!(
-            "{ACCOUNTING_PREFIX} {} matches received: {} assigned, {} released, {} abandoned to Open Match's pending-release timeout; {} empty matches skipped, {} tickets not found, {} orphaned game servers",
+            "{ACCOUNTING_PREFIX} {} matches received: {} assigned, {} released, {} left to their backfill's game server, {} abandoned to Open Match's pending-release timeout; {} empty matches skipped, {} tickets not found, {} orphaned game servers",
             self.received,
             self.assigned,
             self.released,
+            self.backfill,
             self.abandoned,
             self.skipped_empty,
             self.tickets_not_found,
@@ -81,7 +85,7 @@ impl Totals {
             .map(str::parse)
             .collect::<Result<_, _>>()
             .ok()?;
-        let [received, assigned, released, abandoned, skipped_empty, tickets_not_found, orphaned_game_servers] =
+        let [received, assigned, released, backfill, abandoned, skipped_empty, tickets_not_found, orphaned_game_servers] =
             n[..]
         else {
             return None;
@@ -90,6 +94,7 @@ impl Totals {
             received,
             assigned,
             released,
+            backfill,
             abandoned,
             skipped_empty,
             tickets_not_found,
@@ -110,7 +115,8 @@ mod tests {
         let totals = Totals {
             received: 120,
             assigned: 100,
-            released: 15,
+            released: 12,
+            backfill: 3,
             abandoned: 5,
             skipped_empty: 2,
             tickets_not_found: 3,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Sender};
 use grpcio::RpcStatusCode;
 
-use super::job::{release_and_count, waited_past_queue_timeout, MatchJob};
+use super::job::{release_and_count, waited_past_queue_timeout, MatchJob, Outcome};
 use super::services::{FetcherSettings, Services};
 use crate::circuit::Circuit;
 use crate::health::Heartbeat;
@@ -149,10 +149,16 @@ impl Fetcher {
             .metrics
             .matches_fetched
             .inc(&[self.profile.name.as_str()]);
+        if m.has_backfill() && !m.get_allocate_gameserver() {
+            return self.leave_to_backfill(&m, ticket_ids.len());
+        }
         backlog.push_back(MatchJob {
             profile: Arc::clone(&self.profile),
             match_id: m.get_match_id().to_string(),
             ticket_ids,
+            backfill_id: m
+                .has_backfill()
+                .then(|| m.get_backfill().get_id().to_string()),
             received_at: Instant::now(),
         });
         while let Some(job) = backlog.pop_front() {
@@ -164,6 +170,21 @@ impl Fetcher {
                 }
             }
         }
+    }
+
+    /// A match that tops up a running game's backfill (`allocate_gameserver = false`): its game
+    /// server is already running, so there is nothing to allocate, assign or release; Open Match
+    /// assigns the tickets when the game server next acknowledges the backfill.
+    fn leave_to_backfill(&self, m: &Match, tickets: usize) {
+        log::debug!(
+            "Match {} tops up backfill {} of a running game server: nothing to allocate; Open Match assigns its {tickets} tickets when the game server acknowledges the backfill",
+            m.get_match_id(),
+            m.get_backfill().get_id()
+        );
+        self.services
+            .metrics
+            .matches_finished
+            .inc(&[Outcome::Backfill.label()]);
     }
 
     /// Queues the backlog a stream left as room appears. Matches that cannot be queued before

@@ -18,6 +18,8 @@ pub struct MatchJob {
     pub match_id: String,
     /// The match's distinct ticket ids.
     pub ticket_ids: Vec<String>,
+    /// The id of the new backfill its game server is to acknowledge (`allocate_gameserver`).
+    pub backfill_id: Option<String>,
     /// When the match came off the stream.
     pub received_at: Instant,
 }
@@ -44,6 +46,9 @@ pub enum Outcome {
     Released,
     /// Neither assignment nor release reached Open Match.
     Abandoned,
+    /// It tops up a running game's backfill: nothing to do, Open Match assigns its tickets when
+    /// the game server acknowledges the backfill.
+    Backfill,
 }
 
 impl Outcome {
@@ -53,6 +58,7 @@ impl Outcome {
             Outcome::Assigned => "assigned",
             Outcome::Released => "released",
             Outcome::Abandoned => "abandoned",
+            Outcome::Backfill => "backfill",
         }
     }
 }

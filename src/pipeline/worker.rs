@@ -13,7 +13,7 @@ use super::job::{
 };
 use super::region::{AllocatorClients, Region};
 use super::services::{Services, WorkerSettings};
-use crate::allocator::{self, GameServer, UnusableGameServer};
+use crate::allocator::{self, ForMatch, GameServer, UnusableGameServer};
 use crate::circuit::{Admission, Circuit, Transition};
 use crate::health::Heartbeat;
 use crate::openmatch::OpenMatchClient;
@@ -200,12 +200,13 @@ impl Worker {
 
     /// Allocates a game server in the match's region, or says why not (and returns `None`).
     fn allocate(&self, job: &MatchJob) -> Option<GameServer> {
-        let request = allocator::allocation_request(
-            &self.settings.agones,
-            &job.profile.region,
-            &job.profile.name,
-            &job.match_id,
-        );
+        let game = ForMatch {
+            region: &job.profile.region,
+            profile: &job.profile.name,
+            match_id: &job.match_id,
+            backfill_id: job.backfill_id.as_deref(),
+        };
+        let request = allocator::allocation_request(&self.settings.agones, game);
         let response = retry(
             self.settings.allocate,
             &self.services.shutdown,

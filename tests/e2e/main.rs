@@ -8,6 +8,7 @@ mod common;
 
 mod accelerator;
 mod architecture;
+mod backfill;
 mod check;
 mod dropin;
 mod failures;

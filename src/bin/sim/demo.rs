@@ -38,6 +38,7 @@ impl Options {
                     world.allocator_latency = Duration::from_millis(flag_value(flag, args.next())?)
                 }
                 "--error-rate" => world.error_rate = flag_value(flag, args.next())?,
+                "--backfill" => world.backfill_ratio = flag_value(flag, args.next())?,
                 "--outage" => world.outage = Some(flag_value(flag, args.next())?),
                 "--threads" => world.allocator_threads = Some(flag_value(flag, args.next())?),
                 "--regions" => {
@@ -58,6 +59,7 @@ struct Status {
     allocations: usize,
     in_play: usize,
     assigned: usize,
+    topped_up: usize,
     p50: Duration,
     p99: Duration,
 }
@@ -77,6 +79,7 @@ impl Status {
             allocations: allocator.calls,
             in_play: allocator.fleet.as_mut().map_or(0, Fleet::allocated),
             assigned: waits.len(),
+            topped_up: om.assigned_by_backfill,
             p50: quantile(&mut waits, 0.5),
             p99: quantile(&mut waits, 0.99),
         }
@@ -84,12 +87,13 @@ impl Status {
 
     fn line(&self) -> String {
         format!(
-            "players waiting {:>4} | matches {:>5} | Allocate calls {:>5} | servers in play {:>4} | tickets assigned {:>6} | ticket wait p50 {:>6.0} ms p99 {:>6.0} ms",
+            "players waiting {:>4} | matches {:>5} | Allocate calls {:>5} | servers in play {:>4} | tickets assigned {:>6} (by backfill {:>5}) | ticket wait p50 {:>6.0} ms p99 {:>6.0} ms",
             self.waiting,
             self.matches,
             self.allocations,
             self.in_play,
             self.assigned,
+            self.topped_up,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3
         )
@@ -138,7 +142,7 @@ pub fn run(options: Options) -> ExitCode {
     let mut arrivals = Arrivals::new(options.arrival_rate);
     let mut last_draw = Instant::now();
     while !stop.load(Ordering::SeqCst) && options.duration.is_none_or(|d| started.elapsed() < d) {
-        arrivals.step(&mut world);
+        world.step(&mut arrivals);
         if last_draw.elapsed() >= Duration::from_millis(500) {
             last_draw = Instant::now();
             let line = Status::read(&world).line();
@@ -157,12 +161,13 @@ pub fn run(options: Options) -> ExitCode {
         (om.tickets.len(), om.timed_out)
     };
     eprintln!(
-        "sim: ran {:.1}s; {} players, {} matches, {} Allocate calls, {} tickets assigned, {} returned by Open Match's pending-release timeout; ticket creation→assignment p50 {:.0} ms, p99 {:.0} ms; director exit code {}",
+        "sim: ran {:.1}s; {} players, {} matches, {} Allocate calls, {} tickets assigned ({} by a backfill's game server), {} returned by Open Match's pending-release timeout; ticket creation→assignment p50 {:.0} ms, p99 {:.0} ms; director exit code {}",
         started.elapsed().as_secs_f64(),
         players,
         status.matches,
         status.allocations,
         status.assigned,
+        status.topped_up,
         timed_out,
         status.p50.as_secs_f64() * 1e3,
         status.p99.as_secs_f64() * 1e3,

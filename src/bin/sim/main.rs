@@ -18,9 +18,9 @@ use std::time::Duration;
 const USAGE: &str = "usage:
   sim demo [--duration SECS] [--arrival-rate PLAYERS_PER_SEC] [--fleet GAME_SERVERS_PER_REGION]
            [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
-           [--regions A,B] [--threads N]
+           [--regions A,B] [--threads N] [--backfill 0..1]
   sim bench [--quick | --only SCENARIO] [--director PATH]
-  sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC] [--director PATH]
+  sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC] [--director PATH] [--backfill 0..1]
            [--faults AllocatorUnavailable,AllocatorHang,AllocatorReset,OpenMatchRestart,CertificateRotation,SlowHttpClients]";
 
 fn main() -> ExitCode {

@@ -27,6 +27,8 @@ pub struct Options {
     director: Option<std::path::PathBuf>,
     /// The fault kinds to draw from (all by default; none to measure the load alone).
     faults: Vec<Fault>,
+    /// The share of matches that top up a running game's backfill.
+    backfill_ratio: f64,
 }
 
 impl Options {
@@ -36,6 +38,7 @@ impl Options {
             arrival_rate: 100.0,
             director: None,
             faults: FAULTS.to_vec(),
+            backfill_ratio: 0.2,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -45,6 +48,7 @@ impl Options {
                 }
                 "--arrival-rate" => options.arrival_rate = flag_value(flag, args.next())?,
                 "--director" => options.director = Some(flag_value(flag, args.next())?),
+                "--backfill" => options.backfill_ratio = flag_value(flag, args.next())?,
                 "--faults" => {
                     let names: String = flag_value(flag, args.next())?;
                     options.faults = names
@@ -226,6 +230,7 @@ pub fn run(options: Options) -> ExitCode {
             "GLIBC_TUNABLES".into(),
             "glibc.pthread.stack_cache_size=0:glibc.malloc.arena_max=2".into(),
         )],
+        backfill_ratio: options.backfill_ratio,
         ..WorldConfig::default()
     };
     let mut world = World::start(config);
@@ -254,7 +259,7 @@ pub fn run(options: Options) -> ExitCode {
     let mut rss_by_minute = Vec::new();
     let (mut last_fault, mut last_second) = (started, started);
     while started.elapsed() < options.duration {
-        arrivals.step(&mut world);
+        world.step(&mut arrivals);
         if last_second.elapsed() >= Duration::from_secs(1) {
             last_second = Instant::now();
             probes += 1;
@@ -312,14 +317,18 @@ pub fn run(options: Options) -> ExitCode {
     findings.check(totals.is_some_and(|t| t.adds_up()), || {
         format!("the accounting line is missing or does not add up: {accounting:?}")
     });
+    // The game servers outlive the Director: their next acknowledgement assigns the top-ups.
+    world.acknowledge_backfills();
     check_assignments(&world, totals.unwrap_or_default(), &mut findings);
 
     let om = world.doubles.om.state();
     eprintln!(
-        "soak: {:.1} min; {} players, {} matches streamed, {} Allocate calls; faults: {}",
+        "soak: {:.1} min; {} players, {} matches streamed ({} topping up a backfill), {} tickets assigned by a backfill's game server, {} Allocate calls; faults: {}",
         started.elapsed().as_secs_f64() / 60.0,
         om.tickets.len(),
         om.matches.len(),
+        om.matches.values().filter(|m| m.tops_up.is_some()).count(),
+        om.assigned_by_backfill,
         world.doubles.allocator.state().calls,
         injector.summary()
     );
@@ -343,7 +352,8 @@ pub fn run(options: Options) -> ExitCode {
     }
 }
 
-/// Every ticket assigned once, to a game server allocated for its match in the match's region;
+/// Every ticket assigned once, to a game server allocated for its match in the match's region (a
+/// top-up's: the game server of the match that started its game);
 /// every match the double streamed accounted for; nothing left to the pending-release timeout
 /// except what the Director counted as abandoned.
 fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
@@ -385,9 +395,11 @@ fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
                     wrong_region += 1;
                     continue;
                 };
-                let region = region_of(&om.matches[*match_id].profile);
+                let issued = &om.matches[*match_id];
+                let region = region_of(&issued.profile);
+                let game = issued.tops_up.as_deref().unwrap_or(match_id);
                 let allocated_here = allocations
-                    .get(match_id)
+                    .get(game)
                     .is_some_and(|list| list.iter().any(|(r, c)| *r == region && c == connection));
                 wrong_region += usize::from(!allocated_here);
             }
@@ -420,7 +432,6 @@ fn check_assignments(world: &World, totals: Totals, findings: &mut Findings) {
     });
 }
 
-/// Polls `ready` every 10 ms until it gives a value or `timeout` passes.
 /// RSS and its anonymous part (KiB) with no fault in force: the fault is ended and the Director's
 /// threads are let fall back to their number before any fault (at most 5 s), so that what a fault
 /// holds only while it lasts (200 hostile connections, a thread each) is not counted.

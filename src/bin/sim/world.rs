@@ -39,6 +39,9 @@ pub struct WorldConfig {
     pub director: Option<std::path::PathBuf>,
     /// Extra environment of the Director process.
     pub director_env: Vec<(String, String)>,
+    /// The share of matches that top up a running game's backfill (and of the others that start
+    /// a game with a new backfill); 0: no backfill.
+    pub backfill_ratio: f64,
 }
 
 /// The Director's SHUTDOWN_TIMEOUT in the simulation.
@@ -70,6 +73,7 @@ impl Default for WorldConfig {
             mapping_dir: None,
             director: None,
             director_env: Vec::new(),
+            backfill_ratio: 0.0,
         }
     }
 }
@@ -93,6 +97,7 @@ impl World {
             let mut state = om.state();
             state.keep_requests = false;
             state.pending_release_timeout = Some(config.pending_release_timeout);
+            state.backfill_ratio = config.backfill_ratio;
         }
         let doubles = doubles::world::World::bare(om, &["127.0.0.1", "localhost"]);
         configure(&mut doubles.allocator.state(), &config);
@@ -243,14 +248,35 @@ impl World {
     }
 }
 
-/// Players arriving at a steady rate, added in steps of [`ARRIVAL_STEP`].
+/// How long one [`World::step`] of the simulation is.
+pub const STEP: Duration = Duration::from_millis(50);
+
+impl World {
+    /// One step of the simulated world: waits [`STEP`], adds the players `arrivals` says are
+    /// due, and lets the backfill game servers act.
+    pub fn step(&mut self, arrivals: &mut Arrivals) {
+        std::thread::sleep(STEP);
+        for _ in 0..arrivals.due(STEP) {
+            self.add_player();
+        }
+        self.acknowledge_backfills();
+    }
+
+    /// Every allocator's backfill game servers acknowledge their backfill (or delete it when
+    /// their session has ended), as Agones game servers do.
+    pub fn acknowledge_backfills(&self) {
+        for allocator in self.allocators() {
+            let (ended, running) = allocator.state().backfill_sessions();
+            doubles::world::acknowledge(&self.doubles.om, &ended, &running);
+        }
+    }
+}
+
+/// Players arriving at a steady rate.
 pub struct Arrivals {
     per_second: f64,
     owed: f64,
 }
-
-/// How often [`Arrivals::step`] adds the players that are due.
-pub const ARRIVAL_STEP: Duration = Duration::from_millis(50);
 
 impl Arrivals {
     /// `per_second` players a second.
@@ -261,14 +287,12 @@ impl Arrivals {
         }
     }
 
-    /// Waits one step, then adds the players due by now to `world`.
-    pub fn step(&mut self, world: &mut World) {
-        std::thread::sleep(ARRIVAL_STEP);
-        self.owed += self.per_second * ARRIVAL_STEP.as_secs_f64();
-        while self.owed >= 1.0 {
-            world.add_player();
-            self.owed -= 1.0;
-        }
+    /// How many players arrive in the next `step`.
+    fn due(&mut self, step: Duration) -> usize {
+        self.owed += self.per_second * step.as_secs_f64();
+        let due = self.owed.floor();
+        self.owed -= due;
+        due as usize
     }
 }
 
