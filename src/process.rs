@@ -131,16 +131,16 @@ fn openmatch_reload(
     )))
 }
 
-/// With GA_MAPPING_DIR: the watch that replaces `mappings` when the files change.
+/// With GA_MAPPING_DIR: the watch that replaces `mappings` when the files change. It reads the
+/// regions in REGIONS order, as at start: the guidance's `mapping<i>.gz` is the i-th region's.
 fn mapping_reload(
     config: &Config,
     mappings: Option<Arc<Versioned<Mappings>>>,
 ) -> Option<Box<dyn Reloadable>> {
     let (mapping, mappings) = (config.mapping.as_ref()?, mappings?);
-    let regions = mapping.loaded.regions.keys().cloned().collect();
     Some(Box::new(MappingWatch::new(
         mapping.dir.clone(),
-        regions,
+        config.profiles.regions.clone(),
         mappings,
     )))
 }

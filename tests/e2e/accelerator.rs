@@ -111,6 +111,50 @@ fn players_get_their_regions_accelerator_and_mapping_changes_apply_while_corrupt
         .all(|c| c.starts_with('a') && !c.ends_with(":0")));
 }
 
+/// The guidance's files are matched to regions by position in REGIONS, at start and at every
+/// reload, whatever the alphabetical order of the regions.
+#[test]
+fn a_reload_keeps_each_region_on_its_own_mapping_when_regions_are_not_alphabetical() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-2,us-east-1");
+    let dir = world.env.dir.path().join("global-accelerator-mapping");
+    std::fs::create_dir(&dir).unwrap();
+    let mut volume = SecretVolume {
+        dir: &dir,
+        version: 0,
+    };
+    publish(&mut volume, &guidance_configmap(40_000, &[]));
+    world.env.set("GA_MAPPING_DIR", dir.display().to_string());
+    let director = world.env.start();
+    // REGIONS position 1 is us-east-2: mapping1.gz and accelerator1 are its files.
+    let before = world.players("us-east-2", 4);
+    wait_until(WAIT, "assigned", || world.all_assigned(&before));
+    for ticket in &before {
+        assert_eq!(
+            connection(&world, ticket),
+            expected(&world, ticket, 1, 40_000)
+        );
+    }
+    publish(&mut volume, &guidance_configmap(50_000, &[]));
+    director.wait_for_log("Reloaded the Global Accelerator mappings", WAIT);
+    let east2 = world.players("us-east-2", 4);
+    let east1 = world.players("us-east-1", 4);
+    wait_until(WAIT, "assigned after the reload", || {
+        world.all_assigned(&east2) && world.all_assigned(&east1)
+    });
+    for (position, tickets) in [(1, &east2), (2, &east1)] {
+        for ticket in tickets {
+            assert_eq!(
+                connection(&world, ticket),
+                expected(&world, ticket, position, 50_000),
+                "REGIONS position {position}"
+            );
+        }
+    }
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.released, 0);
+}
+
 #[test]
 fn three_regions_in_the_per_region_layout() {
     let mut world = World::new();
