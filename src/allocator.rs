@@ -8,7 +8,8 @@ use grpcio::{CallOption, Channel, Environment, RpcStatusCode};
 use crate::config::{host_port, AddressSource, AgonesConfig, AllocatorTarget};
 use crate::names::label_value;
 use crate::proto::allocation::{
-    AllocationRequest, AllocationResponse, GameServerSelector, LabelSelector, MultiClusterSetting,
+    AllocationRequest, AllocationResponse, GameServerSelector, GameServerSelector_GameServerState,
+    LabelSelector, MultiClusterSetting,
 };
 use crate::proto::allocation_grpc::AllocationServiceClient;
 use crate::rpc::{channel_builder, RpcError};
@@ -19,6 +20,29 @@ use crate::tls::{self, TlsMaterial};
 pub const MATCH_ID_ANNOTATION: &str = "director.agones-openmatch/match-id";
 /// Label on every allocated GameServer naming the profile (sanitized) that produced the match.
 pub const PROFILE_LABEL: &str = "director.agones-openmatch/profile";
+/// Label on every allocated GameServer holding [`match_label_value`] of its match: a retry finds
+/// by it the game server that an attempt whose answer was lost allocated.
+pub const MATCH_LABEL: &str = "director.agones-openmatch/match";
+
+/// `match_id` as a label value that identifies it: the first 160 bits of its SHA-256, in hex.
+pub fn match_label_value(match_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, match_id.as_bytes());
+    digest.as_ref()[..20]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Whether a failed Allocate may still have allocated a game server: the call reached the
+/// allocator and only its answer was lost (our deadline passed, the call was cancelled, or it
+/// broke inside the server). A refused connection or TLS failure (UNAVAILABLE) and Agones'
+/// definite answers (RESOURCE_EXHAUSTED, ABORTED, validation errors) allocated nothing.
+pub fn may_have_allocated(code: RpcStatusCode) -> bool {
+    matches!(
+        code,
+        RpcStatusCode::DEADLINE_EXCEEDED | RpcStatusCode::CANCELLED | RpcStatusCode::INTERNAL
+    )
+}
 
 /// Opens a long-lived mTLS channel to a region's allocator with `tls` (the target's material, or
 /// newer material after a certificate change). A local subchannel pool gives each channel its own
@@ -131,12 +155,40 @@ pub fn allocation_request(config: &AgonesConfig, game: ForMatch) -> AllocationRe
     metadata
         .mut_labels()
         .insert(PROFILE_LABEL.to_string(), label_value(profile));
+    metadata
+        .mut_labels()
+        .insert(MATCH_LABEL.to_string(), match_label_value(match_id));
     if let Some(backfill_id) = backfill_id {
         metadata
             .mut_annotations()
             .insert(config.backfill_annotation.clone(), backfill_id.to_string());
     }
     request
+}
+
+/// The request that finds the game server an earlier attempt of the same match allocated when
+/// that attempt's answer was lost: `request` with one selector, an Allocated game server of
+/// `region` with the match's [`MATCH_LABEL`], and without counter, list or priority actions (the
+/// lost attempt applied them; a second room must not be used up). Agones answers
+/// RESOURCE_EXHAUSTED when there is no such server.
+pub fn recovery_request(
+    request: &AllocationRequest,
+    config: &AgonesConfig,
+    region: &str,
+) -> AllocationRequest {
+    let mut recovery = request.clone();
+    let mut selector = GameServerSelector::new();
+    selector.set_gameServerState(GameServerSelector_GameServerState::ALLOCATED);
+    let labels = selector.mut_matchLabels();
+    labels.insert(config.region_label.clone(), region.to_string());
+    if let Some(value) = request.get_metadata().get_labels().get(MATCH_LABEL) {
+        labels.insert(MATCH_LABEL.to_string(), value.clone());
+    }
+    recovery.set_gameServerSelectors(vec![selector].into());
+    recovery.clear_counters();
+    recovery.clear_lists();
+    recovery.clear_priorities();
+    recovery
 }
 
 /// Multi-cluster allocation as `region`'s allocator is configured, with only the region's
@@ -282,6 +334,48 @@ mod tests {
             match_id,
             backfill_id: None,
         }
+    }
+
+    #[test]
+    fn every_game_server_is_labelled_with_a_digest_of_its_match() {
+        let request = allocation_request(&agones_config(), game("eu-west", "p", "m-1"));
+        let value = &request.get_metadata().get_labels()[MATCH_LABEL];
+        assert_eq!(value, &match_label_value("m-1"));
+        assert_eq!(value.len(), 40);
+        assert!(crate::names::is_label_value(value));
+        assert_ne!(match_label_value("m-1"), match_label_value("m-2"));
+    }
+
+    #[test]
+    fn the_recovery_request_asks_only_for_the_allocated_server_of_the_match() {
+        let template = crate::request_template::parse(
+            r#"{"gameServerSelectors": [
+                    {"gameServerState": "ALLOCATED", "counters": {"rooms": {"minAvailable": 1}}},
+                    {"gameServerState": "READY"}
+                ],
+                "priorities": [{"type": "Counter", "key": "rooms", "order": "Ascending"}],
+                "counters": {"rooms": {"action": "Increment", "amount": 1}}}"#,
+        )
+        .unwrap();
+        let config = AgonesConfig {
+            request_template: Some(template),
+            ..agones_config()
+        };
+        let request = allocation_request(&config, game("eu-west", "p", "m-1"));
+        let recovery = recovery_request(&request, &config, "eu-west");
+        let selectors = recovery.get_gameServerSelectors();
+        assert_eq!(selectors.len(), 1);
+        assert_eq!(
+            selectors[0].get_gameServerState(),
+            GameServerSelector_GameServerState::ALLOCATED
+        );
+        let labels = selectors[0].get_matchLabels();
+        assert_eq!(labels[MATCH_LABEL], match_label_value("m-1"));
+        assert_eq!(labels["topology/region"], "eu-west");
+        assert!(selectors[0].get_counters().is_empty());
+        assert!(recovery.get_counters().is_empty() && recovery.get_priorities().is_empty());
+        assert_eq!(recovery.get_metadata(), request.get_metadata());
+        assert_eq!(recovery.get_namespace(), request.get_namespace());
     }
 
     #[test]

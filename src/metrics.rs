@@ -190,6 +190,8 @@ pub struct Metrics {
     pub allocation_duration: Histogram,
     /// Allocate attempts that waited for ALLOCATE_RATE_LIMIT, by region.
     pub allocate_throttled: Family,
+    /// Game servers found again by a retry after an attempt whose answer was lost, by region.
+    pub allocations_recovered: Family,
     /// How matches ended, by outcome (`assigned`, `released`, `backfill`, `abandoned`).
     pub matches_finished: Family,
     /// Tickets that got an assignment.
@@ -257,6 +259,11 @@ impl Metrics {
             allocate_throttled: Family::new(
                 "director_allocate_throttled_total",
                 "Allocate attempts that waited for their turn under ALLOCATE_RATE_LIMIT.",
+                &["region"],
+            ),
+            allocations_recovered: Family::new(
+                "director_allocations_recovered_total",
+                "Game servers a retry found again (Allocated, labelled with the match) after an attempt that allocated them lost its answer.",
                 &["region"],
             ),
             matches_finished: Family::new(
@@ -362,6 +369,7 @@ impl Metrics {
         self.allocations.render(&mut out, "counter");
         self.allocation_duration.render(&mut out);
         self.allocate_throttled.render(&mut out, "counter");
+        self.allocations_recovered.render(&mut out, "counter");
         self.matches_finished.render(&mut out, "counter");
         self.tickets_assigned.render(&mut out);
         self.tickets_released.render(&mut out);

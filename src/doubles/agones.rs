@@ -5,11 +5,11 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::allocator::MATCH_ID_ANNOTATION;
+use crate::allocator::{MATCH_ID_ANNOTATION, MATCH_LABEL};
 use crate::config::DEFAULT_BACKFILL_ID_ANNOTATION;
 use crate::proto::allocation::{
     AllocationRequest, AllocationResponse, AllocationResponse_GameServerStatusAddress,
-    AllocationResponse_GameServerStatusPort,
+    AllocationResponse_GameServerStatusPort, GameServerSelector_GameServerState,
 };
 use crate::proto::allocation_grpc::{create_allocation_service, AllocationService};
 use crossbeam_channel::{RecvTimeoutError, Sender};
@@ -46,6 +46,8 @@ pub struct Allocated {
     pub connection: String,
     /// The match id from the request's annotation.
     pub match_id: String,
+    /// Its labels, as the request's metadata patched them.
+    pub labels: HashMap<String, String>,
 }
 
 /// The game server of a new backfill, as an Agones game server that reads its backfill id from
@@ -160,6 +162,9 @@ pub struct AgonesState {
     pub one_game_server: bool,
     /// The game servers allocated for a new backfill whose session has not ended (always kept).
     pub backfill_servers: Vec<BackfillServer>,
+    /// Calls answered with a game server that was already Allocated (an `ALLOCATED` selector
+    /// matched one of `allocated`).
+    pub found_allocated: usize,
     random: u64,
 }
 
@@ -352,7 +357,12 @@ impl Allocator {
         let region = request
             .get_gameServerSelectors()
             .first()
-            .and_then(|s| s.get_matchLabels().values().next().cloned())
+            .and_then(|s| {
+                let mut labels = s.get_matchLabels().iter();
+                labels
+                    .find(|(key, _)| *key != MATCH_LABEL)
+                    .map(|(_, v)| v.clone())
+            })
             .unwrap_or_default();
         let mut reply = match (
             state.failing_regions.get(&region),
@@ -367,6 +377,25 @@ impl Allocator {
         }
         if let Reply::Fail(code) = reply {
             return (reply, Err(RpcStatus::with_message(code, "injected".into())));
+        }
+        let finds_its_server = request.get_gameServerSelectors().first().is_some_and(|s| {
+            s.get_gameServerState() == GameServerSelector_GameServerState::ALLOCATED
+                && s.get_matchLabels().contains_key(MATCH_LABEL)
+        });
+        if finds_its_server {
+            return match state.find_allocated(&request) {
+                Some(found) => {
+                    state.found_allocated += 1;
+                    (reply, Ok(found))
+                }
+                None => {
+                    let status = RpcStatus::with_message(
+                        RpcStatusCode::RESOURCE_EXHAUSTED,
+                        "there is no available GameServer to allocate".into(),
+                    );
+                    (Reply::Fail(RpcStatusCode::RESOURCE_EXHAUSTED), Err(status))
+                }
+            };
         }
         let one_game_server = state.one_game_server;
         let number = match &mut state.fleet {
@@ -386,7 +415,7 @@ impl Allocator {
         if reply == Reply::Allocate && !state.latency.is_zero() {
             reply = Reply::Hang(state.latency);
         }
-        let name = format!("gs-{region}-{number}");
+        let response = game_server_response(&region, number, reply != Reply::NoPorts);
         let connection = format!("127.0.0.1:{}", 7000 + number);
         let match_id = request
             .get_metadata()
@@ -394,28 +423,6 @@ impl Allocator {
             .get(MATCH_ID_ANNOTATION)
             .cloned()
             .unwrap_or_default();
-        let mut response = AllocationResponse::new();
-        response.set_gameServerName(name.clone());
-        response.set_address("127.0.0.1".into());
-        for (kind, address) in [
-            ("Hostname", "node-1".to_string()),
-            ("InternalIP", "10.0.0.1".to_string()),
-            ("ExternalIP", "127.0.0.1".to_string()),
-            ("ExternalDNS", format!("{name}.example.com")),
-        ] {
-            let mut entry = AllocationResponse_GameServerStatusAddress::new();
-            entry.set_field_type(kind.into());
-            entry.set_address(address);
-            response.mut_addresses().push(entry);
-        }
-        response.set_nodeName("node-1".into());
-        response.set_source("local".into());
-        if reply != Reply::NoPorts {
-            let mut port = AllocationResponse_GameServerStatusPort::new();
-            port.set_name("default".into());
-            port.set_port(7000 + number as i32);
-            response.mut_ports().push(port);
-        }
         let annotations = request.get_metadata().get_annotations();
         if let Some(backfill_id) = annotations.get(DEFAULT_BACKFILL_ID_ANNOTATION) {
             state.backfill_servers.push(BackfillServer {
@@ -426,17 +433,60 @@ impl Allocator {
         }
         if state.keep_requests {
             state.allocated.push(Allocated {
-                name,
+                name: response.get_gameServerName().to_string(),
                 region,
                 connection,
                 match_id,
+                labels: request.get_metadata().get_labels().clone(),
             });
         }
         (reply, Ok(response))
     }
 }
 
+/// The answer for game server `number` of `region` (with its `default` port when `ports`).
+fn game_server_response(region: &str, number: usize, ports: bool) -> AllocationResponse {
+    let name = format!("gs-{region}-{number}");
+    let mut response = AllocationResponse::new();
+    response.set_gameServerName(name.clone());
+    response.set_address("127.0.0.1".into());
+    for (kind, address) in [
+        ("Hostname", "node-1".to_string()),
+        ("InternalIP", "10.0.0.1".to_string()),
+        ("ExternalIP", "127.0.0.1".to_string()),
+        ("ExternalDNS", format!("{name}.example.com")),
+    ] {
+        let mut entry = AllocationResponse_GameServerStatusAddress::new();
+        entry.set_field_type(kind.into());
+        entry.set_address(address);
+        response.mut_addresses().push(entry);
+    }
+    response.set_nodeName("node-1".into());
+    response.set_source("local".into());
+    if ports {
+        let mut port = AllocationResponse_GameServerStatusPort::new();
+        port.set_name("default".into());
+        port.set_port(7000 + number as i32);
+        response.mut_ports().push(port);
+    }
+    response
+}
+
 impl AgonesState {
+    /// The Allocated game server that `request`'s first selector names: its region (the region
+    /// label's value) and its [`MATCH_LABEL`], answered as when it was allocated.
+    fn find_allocated(&self, request: &AllocationRequest) -> Option<AllocationResponse> {
+        let wanted = request.get_gameServerSelectors()[0].get_matchLabels();
+        let found = self.allocated.iter().rev().find(|a| {
+            wanted.iter().all(|(key, value)| match key.as_str() {
+                MATCH_LABEL => a.labels.get(key) == Some(value),
+                _ => a.region == *value,
+            })
+        })?;
+        let number = found.connection.rsplit(':').next()?.parse::<usize>().ok()? - 7000;
+        Some(game_server_response(&found.region, number, true))
+    }
+
     /// A pseudo-random number in [0, 1) (xorshift; good enough to inject faults).
     fn chance(&mut self) -> f64 {
         self.random ^= self.random << 13;

@@ -1,6 +1,7 @@
 //! A worker: takes its region's matches off the queue one at a time and allocates a game server
 //! for each (retrying within the budget), then assigns its tickets, or releases them.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,6 +179,52 @@ impl Worker {
         result
     }
 
+    /// One attempt within `timeout`. After a failure that may have allocated a game server whose
+    /// answer was lost (`lost_answer`), it first asks for that server (`recovery`, an Allocated
+    /// server labelled with the match); only when the allocator has none does it ask for a new
+    /// one (`request`).
+    fn attempt(
+        &self,
+        job: &MatchJob,
+        (request, recovery): (&AllocationRequest, &AllocationRequest),
+        lost_answer: &Cell<bool>,
+        timeout: Duration,
+    ) -> Result<AllocationResponse, RpcError> {
+        let deadline = Instant::now() + timeout;
+        if lost_answer.get() {
+            match self.allocate_once(job, recovery, timeout) {
+                Ok(response) => {
+                    self.recovered(job, &response);
+                    return Ok(response);
+                }
+                Err(error) if error.code == RpcStatusCode::RESOURCE_EXHAUSTED => {
+                    lost_answer.set(false)
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let result = self.allocate_once(job, request, left);
+        if let Err(error) = &result {
+            lost_answer.set(allocator::may_have_allocated(error.code));
+        }
+        result
+    }
+
+    /// Counts and logs a game server found again after an attempt that allocated it lost its
+    /// answer.
+    fn recovered(&self, job: &MatchJob, response: &AllocationResponse) {
+        let region = job.profile.region.as_str();
+        self.services.metrics.allocations_recovered.inc(&[region]);
+        log::info!(
+            "Recovered game server {} for match {} (region {region}): an earlier attempt allocated it and its answer was lost",
+            response.get_gameServerName(),
+            job.match_id
+        );
+    }
+
     /// Under ALLOCATE_RATE_LIMIT, waits for this attempt's turn (counted when it had to wait);
     /// an error, without a call, when shutdown is forced meanwhile.
     fn wait_for_turn(&self, job: &MatchJob) -> Result<(), RpcError> {
@@ -206,11 +253,14 @@ impl Worker {
             match_id: &job.match_id,
             backfill_id: job.backfill_id.as_deref(),
         };
-        let request = allocator::allocation_request(&self.settings.agones, game);
+        let agones = &self.settings.agones;
+        let request = allocator::allocation_request(agones, game);
+        let recovery = allocator::recovery_request(&request, agones, game.region);
+        let lost_answer = Cell::new(false);
         let response = retry(
             self.settings.allocate,
             &self.services.shutdown,
-            |timeout| self.allocate_once(job, &request, timeout),
+            |timeout| self.attempt(job, (&request, &recovery), &lost_answer, timeout),
             |error, pause| {
                 log::debug!(
                     "Allocate for match {} (region {}) failed: {error}; retrying in {}ms",
@@ -222,16 +272,17 @@ impl Worker {
         );
         let response = match response {
             Ok(response) => response,
-            Err(error)
-                if error.code == RpcStatusCode::CANCELLED && self.services.shutdown.is_forced() =>
-            {
+            Err(error) if lost_answer.get() => {
                 self.services.metrics.orphaned_game_servers.add(1);
                 log::error!(
-                    "Allocate for match {} (region {}) was cancelled by the shutdown; a game server may have been allocated for it anyway and is counted as orphaned: look for the annotation {}={}",
+                    "Allocate for match {} (region {}) failed: {error}; an attempt whose answer was lost may have allocated a game server that could not be found again: counted as orphaned, look for the label {}={} (annotation {}={}); releasing its {} tickets",
                     job.match_id,
                     job.profile.region,
+                    allocator::MATCH_LABEL,
+                    allocator::match_label_value(&job.match_id),
                     allocator::MATCH_ID_ANNOTATION,
-                    job.match_id
+                    job.match_id,
+                    job.ticket_ids.len()
                 );
                 return None;
             }

@@ -1,9 +1,12 @@
 //! Failure handling, end to end: faults injected into the Open Match and Agones doubles while the
 //! real `director` runs. Every test checks the accounting invariant through `final_accounting`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::common::{final_accounting, stop, wait_until, World, WAIT};
+use crate::common::{
+    final_accounting, get, operations_address, sample_if_any, stop, wait_until, World, WAIT,
+};
 use agones_openmatch_director::allocator::MATCH_ID_ANNOTATION;
 use agones_openmatch_director::doubles::agones::Reply;
 use agones_openmatch_director::doubles::openmatch::TicketStatus;
@@ -314,8 +317,9 @@ fn sigterm_with_a_full_queue_and_a_slow_allocator_releases_everything_in_time() 
         .get_metadata()
         .get_annotations()[MATCH_ID_ANNOTATION]
         .clone();
-    let cancelled = director.lines_with("was cancelled by the shutdown");
+    let cancelled = director.lines_with("could not be found again");
     assert_eq!(cancelled.len(), 1);
+    assert!(cancelled[0].contains("CANCELLED: cancelled by shutdown"));
     assert!(cancelled[0].contains(&format!("{}={in_flight}", MATCH_ID_ANNOTATION)));
     assert!(world.all_released(&tickets));
     assert_eq!(world.om.state().count(|s| *s == TicketStatus::Pending), 0);
@@ -578,4 +582,60 @@ fn a_hung_region_does_not_delay_the_other_region() {
     let accounting = final_accounting(&stop(director));
     assert_eq!(accounting.assigned, 8);
     assert_eq!(accounting.abandoned, 0);
+}
+
+/// An Allocate that allocates a game server but answers only after ALLOCATE_TIMEOUT: its answer
+/// is lost to the deadline. The retry finds that game server again instead of allocating a second
+/// one, and the players get it.
+#[test]
+fn a_retry_after_a_lost_answer_recovers_the_game_server_instead_of_allocating_another() {
+    let world = World::new();
+    world
+        .env
+        .vars
+        .get("ALLOCATE_TIMEOUT")
+        .expect("2s in the test settings");
+    world
+        .allocator
+        .state()
+        .script
+        .push_back(Reply::Hang(Duration::from_secs(3)));
+    let tickets = world.players("us-east-1", 4);
+    let director = world.env.start();
+    wait_until(WAIT, "the match assigned", || world.all_assigned(&tickets));
+    let operations = operations_address(&director);
+    let match_id = world.match_of(&tickets[0]);
+    {
+        let allocator = world.allocator.state();
+        let servers: HashSet<&str> = allocator
+            .allocated
+            .iter()
+            .filter(|a| a.match_id == match_id)
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(
+            servers.len(),
+            1,
+            "one game server for the match: {servers:?}"
+        );
+        assert_eq!(allocator.found_allocated, 1);
+        let server = allocator.connection_of(&match_id).unwrap();
+        let om = world.om.state();
+        assert!(tickets.iter().all(|t| matches!(
+            &om.ticket(t).status,
+            TicketStatus::Assigned { connection, .. } if *connection == server.connection
+        )));
+    }
+    wait_until(WAIT, "the recovery counted", || {
+        let (_, metrics) = get(operations, "/metrics");
+        sample_if_any(
+            &metrics,
+            "director_allocations_recovered_total{region=\"us-east-1\"}",
+        ) == Some(1.0)
+    });
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(
+        (accounting.assigned, accounting.orphaned_game_servers),
+        (1, 0)
+    );
 }

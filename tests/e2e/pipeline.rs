@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::{final_accounting, stop, wait_until, World, WAIT};
-use agones_openmatch_director::allocator::{MATCH_ID_ANNOTATION, PROFILE_LABEL};
+use agones_openmatch_director::allocator::{
+    match_label_value, MATCH_ID_ANNOTATION, MATCH_LABEL, PROFILE_LABEL,
+};
 use agones_openmatch_director::doubles::certs::{TestCa, Usage};
 use agones_openmatch_director::doubles::openmatch::{FakeOpenMatch, TicketStatus};
 use agones_openmatch_director::doubles::tls::ServerTls;
@@ -321,5 +323,8 @@ fn high_density_request(match_id: &str) -> AllocationRequest {
     metadata
         .mut_labels()
         .insert(PROFILE_LABEL.into(), "latency-us-east-1-0-49".into());
+    metadata
+        .mut_labels()
+        .insert(MATCH_LABEL.into(), match_label_value(match_id));
     request
 }
