@@ -1,7 +1,8 @@
 //! `ALLOCATE_RATE_LIMIT`: a token bucket per region that paces Allocate attempts, so that the
-//! Director never sends an allocator more than it was told to. A worker waits for its turn before
-//! the call, so a throttled match waits (and the matches behind it wait in the queue) instead of
-//! failing and burning retries.
+//! Director never sends an allocator more than it was told to. A worker reserves its turn before
+//! the call, and only a turn that comes in time: a match that cannot get one before its deadline
+//! is released at once instead of waiting past it. Fetchers do not fetch while the next turn is
+//! further away than QUEUE_TIMEOUT.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub enum Turn {
     AfterWaiting,
     /// Shutdown was forced while it waited: no call may be made.
     Cancelled,
+    /// No token comes before the caller's deadline; none was taken.
+    TooLate,
 }
 
 impl RateLimit {
@@ -47,25 +50,52 @@ impl RateLimit {
         }
     }
 
-    /// Takes a token, waiting for the one reserved for this caller if the bucket is empty.
-    pub fn acquire(&self, shutdown: &Shutdown) -> Turn {
-        match self.reserve(Instant::now()) {
-            Duration::ZERO => Turn::AtOnce,
-            wait if shutdown.sleep(wait) => Turn::AfterWaiting,
-            _ => Turn::Cancelled,
+    /// Takes a token, waiting for the one reserved for this caller if the bucket is empty; but
+    /// only a token that comes by `by` (when given): otherwise none is taken.
+    pub fn acquire(&self, by: Option<Instant>, shutdown: &Shutdown) -> Turn {
+        let now = Instant::now();
+        let limit = by.map(|by| by.saturating_duration_since(now));
+        match self.reserve(now, limit) {
+            None => Turn::TooLate,
+            Some(Duration::ZERO) => Turn::AtOnce,
+            Some(wait) if shutdown.sleep(wait) => Turn::AfterWaiting,
+            Some(_) => Turn::Cancelled,
         }
     }
 
-    /// Reserves the next token at `now`; returns how long until it is there.
-    fn reserve(&self, now: Instant) -> Duration {
+    /// How long a caller asking now would wait for its token.
+    pub fn wait_now(&self) -> Duration {
+        let bucket = self.refilled(&mut lock(&self.bucket), Instant::now());
+        Self::wait_for(bucket, self.per_second)
+    }
+
+    /// Reserves the next token at `now` if it comes within `limit` (any time when `None`);
+    /// returns how long until it is there.
+    fn reserve(&self, now: Instant, limit: Option<Duration>) -> Option<Duration> {
         let mut bucket = lock(&self.bucket);
+        let tokens = self.refilled(&mut bucket, now);
+        let wait = Self::wait_for(tokens, self.per_second);
+        if limit.is_some_and(|limit| wait > limit) {
+            return None;
+        }
+        bucket.tokens = tokens - 1.0;
+        Some(wait)
+    }
+
+    /// The tokens at `now`, the bucket brought up to date.
+    fn refilled(&self, bucket: &mut Bucket, now: Instant) -> f64 {
         let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst) - 1.0;
-        bucket.at = now;
-        if bucket.tokens >= 0.0 {
+        bucket.tokens = (bucket.tokens + refill).min(self.burst);
+        bucket.at = now.max(bucket.at);
+        bucket.tokens
+    }
+
+    /// How long until a token is there when the bucket holds `tokens`.
+    fn wait_for(tokens: f64, per_second: f64) -> Duration {
+        if tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-bucket.tokens / self.per_second)
+            Duration::from_secs_f64((1.0 - tokens) / per_second)
         }
     }
 }
@@ -78,7 +108,9 @@ mod tests {
     fn a_burst_of_one_second_then_one_token_per_interval() {
         let limit = RateLimit::new(4.0);
         let start = Instant::now();
-        let waits: Vec<Duration> = (0..8).map(|_| limit.reserve(start)).collect();
+        let waits: Vec<Duration> = (0..8)
+            .map(|_| limit.reserve(start, None).unwrap())
+            .collect();
         assert_eq!(&waits[..4], [Duration::ZERO; 4]);
         assert_eq!(
             &waits[4..],
@@ -90,14 +122,17 @@ mod tests {
     fn tokens_come_back_with_time_up_to_the_burst() {
         let limit = RateLimit::new(2.0);
         let start = Instant::now();
-        assert_eq!(limit.reserve(start), Duration::ZERO);
-        assert_eq!(limit.reserve(start), Duration::ZERO);
-        assert_eq!(limit.reserve(start), Duration::from_millis(500));
+        assert_eq!(limit.reserve(start, None).unwrap(), Duration::ZERO);
+        assert_eq!(limit.reserve(start, None).unwrap(), Duration::ZERO);
+        assert_eq!(
+            limit.reserve(start, None).unwrap(),
+            Duration::from_millis(500)
+        );
         let much_later = start + Duration::from_secs(60);
-        assert_eq!(limit.reserve(much_later), Duration::ZERO);
-        assert_eq!(limit.reserve(much_later), Duration::ZERO);
+        assert_eq!(limit.reserve(much_later, None).unwrap(), Duration::ZERO);
+        assert_eq!(limit.reserve(much_later, None).unwrap(), Duration::ZERO);
         assert!(
-            limit.reserve(much_later) > Duration::ZERO,
+            limit.reserve(much_later, None).unwrap() > Duration::ZERO,
             "the burst is capped"
         );
     }
@@ -106,8 +141,30 @@ mod tests {
     fn a_forced_shutdown_cancels_the_wait() {
         let limit = RateLimit::new(1.0);
         let shutdown = Shutdown::new(Duration::ZERO);
-        assert_eq!(limit.acquire(&shutdown), Turn::AtOnce);
+        assert_eq!(limit.acquire(None, &shutdown), Turn::AtOnce);
         shutdown.force();
-        assert_eq!(limit.acquire(&shutdown), Turn::Cancelled);
+        assert_eq!(limit.acquire(None, &shutdown), Turn::Cancelled);
+    }
+
+    #[test]
+    fn a_turn_that_would_come_too_late_is_not_taken() {
+        let limit = RateLimit::new(1.0);
+        let start = Instant::now();
+        assert_eq!(
+            limit.reserve(start, Some(Duration::ZERO)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(limit.reserve(start, Some(Duration::from_millis(500))), None);
+        assert_eq!(
+            limit.reserve(start, Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1)),
+            "the turn refused above was not taken"
+        );
+        let shutdown = Shutdown::new(Duration::ZERO);
+        assert_eq!(
+            limit.acquire(Some(Instant::now()), &shutdown),
+            Turn::TooLate
+        );
+        assert!(limit.wait_now() > Duration::from_millis(1500));
     }
 }

@@ -139,6 +139,8 @@ pub struct AgonesState {
     pub requests: Vec<AllocationRequest>,
     /// Allocate requests received.
     pub calls: usize,
+    /// When each Allocate request arrived (when `keep_requests`).
+    pub call_times: Vec<Instant>,
     /// The client addresses (`ipv4:127.0.0.1:PORT`) calls came from: one per TCP connection.
     pub peers: HashSet<String>,
     /// Every game server allocated.
@@ -352,6 +354,7 @@ impl Allocator {
         let mut state = self.state.lock().unwrap();
         state.calls += 1;
         if state.keep_requests {
+            state.call_times.push(Instant::now());
             state.requests.push(request.clone());
         }
         let region = request

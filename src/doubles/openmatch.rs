@@ -67,6 +67,8 @@ pub struct IssuedMatch {
     /// When the first AssignTickets naming its tickets arrived (or, for a top-up match, the
     /// acknowledgement that assigned them).
     pub assigned_at: Option<Instant>,
+    /// When the first ReleaseTickets naming its tickets arrived.
+    pub released_at: Option<Instant>,
     /// The id of its backfill, if it has one.
     pub backfill: Option<String>,
     /// `allocate_gameserver`: the match's backfill is new and needs a game server.
@@ -548,6 +550,7 @@ impl Backend {
                         .collect(),
                     streamed_at: now,
                     assigned_at: None,
+                    released_at: None,
                     backfill: m
                         .has_backfill()
                         .then(|| m.get_backfill().get_id().to_string()),
@@ -609,11 +612,12 @@ impl BackendService for Backend {
         request: ReleaseTicketsRequest,
         sink: UnarySink<ReleaseTicketsResponse>,
     ) {
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
         let ids = request.get_ticket_ids().to_vec();
         if state.faults.hang_writes {
             state.releases.push(ids);
-            drop(state);
+            drop(guard);
             return self.hold(sink);
         }
         for id in &ids {
@@ -624,9 +628,16 @@ impl BackendService for Backend {
                     ticket.pending_since = None;
                 }
             }
+            if let Some(m) = state
+                .by_match_ticket
+                .get(id)
+                .and_then(|match_id| state.matches.get_mut(match_id))
+            {
+                m.released_at.get_or_insert_with(Instant::now);
+            }
         }
         state.releases.push(ids);
-        drop(state);
+        drop(guard);
         reply(ctx, sink, Ok(ReleaseTicketsResponse::new()));
     }
 }

@@ -17,6 +17,7 @@ use crate::health::Heartbeat;
 use crate::openmatch::{FetchOutcome, OpenMatchClient};
 use crate::profiles::Profile;
 use crate::proto::messages::Match;
+use crate::ratelimit::RateLimit;
 use crate::retry::fetch_backoff;
 use crate::rpc::{code_name, RpcError};
 
@@ -27,6 +28,9 @@ pub(super) struct Fetcher {
     pub(super) queue: Sender<MatchJob>,
     /// Its region's circuit breaker: no FetchMatches while it is open.
     pub(super) circuit: Arc<Circuit>,
+    /// Its region's ALLOCATE_RATE_LIMIT: no FetchMatches while the next turn is further away
+    /// than QUEUE_TIMEOUT (a match fetched now could only be released).
+    pub(super) rate_limit: Option<Arc<RateLimit>>,
     pub(super) services: Arc<Services>,
     pub(super) settings: FetcherSettings,
     pub(super) heartbeat: Arc<Heartbeat>,
@@ -108,7 +112,11 @@ impl Fetcher {
             if self.services.shutdown.is_requested() {
                 return false;
             }
-            if !self.queue.is_full() && self.circuit.wants_matches() {
+            let turn_in_time = self
+                .rate_limit
+                .as_ref()
+                .is_none_or(|limit| limit.wait_now() < self.settings.queue_timeout);
+            if !self.queue.is_full() && self.circuit.wants_matches() && turn_in_time {
                 return true;
             }
             select! {
@@ -331,6 +339,7 @@ mod tests {
             profile: Arc::new(build_profiles(&config.profiles).remove(0)),
             queue,
             circuit: Arc::default(),
+            rate_limit: None,
             heartbeat: services.health.register("fetch", Duration::from_secs(30)),
             services,
             settings: FetcherSettings {

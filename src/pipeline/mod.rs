@@ -133,6 +133,7 @@ impl Pipeline {
                 heartbeat: health.register(&name, self.timing.fetch_timeout + LIVENESS_MARGIN),
                 queue: region.queue.0.clone(),
                 circuit: Arc::clone(&region.circuit),
+                rate_limit: region.rate_limit.clone(),
                 profile: Arc::clone(profile),
                 services: Arc::clone(&self.services),
                 settings: self.fetching,

@@ -36,6 +36,9 @@ pub(super) struct Worker {
     services: Arc<Services>,
     settings: Arc<WorkerSettings>,
     heartbeat: Arc<Heartbeat>,
+    /// By when the next ALLOCATE_RATE_LIMIT turn must come: the match's QUEUE_TIMEOUT for its
+    /// first Allocate, so that a throttled match starts in time or is released at once.
+    turn_by: Cell<Option<Instant>>,
     openmatch_generation: u64,
     openmatch: Arc<OpenMatchClient>,
 }
@@ -58,6 +61,7 @@ impl Worker {
             services,
             settings,
             heartbeat,
+            turn_by: Cell::new(None),
             openmatch_generation,
             openmatch,
         }
@@ -129,6 +133,8 @@ impl Worker {
             );
             return self.release(job, budget, &why);
         }
+        self.turn_by
+            .set(Some(job.received_at + self.settings.queue_timeout));
         match self.allocate(job) {
             Some(server) => self.assign(job, &server),
             None => self.release(job, budget, "no usable game server was allocated"),
@@ -143,13 +149,14 @@ impl Worker {
         timeout: Duration,
     ) -> Result<AllocationResponse, RpcError> {
         let region = job.profile.region.as_str();
+        self.wait_for_turn(job)?;
         if self.circuit.admit() == Admission::Refused {
             return Err(RpcError::new(
                 RpcStatusCode::FAILED_PRECONDITION,
                 "not sent: the region's allocator failed repeatedly and its circuit is open",
             ));
         }
-        self.wait_for_turn(job)?;
+        self.turn_by.set(None);
         let started = Instant::now();
         let (_, clients) = self.clients.current();
         let client = &clients[self.index % clients.len()];
@@ -226,12 +233,13 @@ impl Worker {
     }
 
     /// Under ALLOCATE_RATE_LIMIT, waits for this attempt's turn (counted when it had to wait);
-    /// an error, without a call, when shutdown is forced meanwhile.
+    /// an error, without a call, when the turn would come after `turn_by` or shutdown is forced
+    /// meanwhile.
     fn wait_for_turn(&self, job: &MatchJob) -> Result<(), RpcError> {
         let Some(limit) = &self.rate_limit else {
             return Ok(());
         };
-        match limit.acquire(&self.services.shutdown) {
+        match limit.acquire(self.turn_by.get(), &self.services.shutdown) {
             Turn::AtOnce => Ok(()),
             Turn::AfterWaiting => {
                 let region = job.profile.region.as_str();
@@ -241,6 +249,10 @@ impl Worker {
             Turn::Cancelled => Err(RpcError::new(
                 RpcStatusCode::UNAVAILABLE,
                 "not sent: shutdown forced while waiting for ALLOCATE_RATE_LIMIT",
+            )),
+            Turn::TooLate => Err(RpcError::new(
+                RpcStatusCode::FAILED_PRECONDITION,
+                "not sent: no ALLOCATE_RATE_LIMIT turn comes before the match's QUEUE_TIMEOUT",
             )),
         }
     }

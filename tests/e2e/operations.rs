@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use crate::common::{
     get, operations_address, sample, sample_if_any, stop, wait_until, World, WAIT,
@@ -322,4 +323,69 @@ fn allocate_rate_limit_paces_attempts_and_counts_the_ones_that_waited() {
         "a burst of 2 (one second's worth) went at once, the other 6 waited"
     );
     stop(director);
+}
+
+/// ALLOCATE_RATE_LIMIT=1 and a burst of 20 matches, more than the limit lets through within
+/// QUEUE_TIMEOUT: every match is assigned or released within QUEUE_TIMEOUT of being streamed
+/// (not when a worker happens to reach it), and the allocator never sees more than the limit.
+#[test]
+fn a_throttled_burst_is_assigned_or_released_within_queue_timeout_and_the_limit_holds() {
+    let queue_timeout = Duration::from_secs(5);
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("RANGES", "0-49");
+    world.env.set("ALLOCATE_RATE_LIMIT", "1");
+    world.env.set("QUEUE_TIMEOUT", "5s");
+    let tickets = world.players("us-east-1", 20 * 4);
+    let director = world.env.start();
+    let first_matches: Vec<String> = {
+        wait_until(WAIT, "the burst of 20 matches streamed", || {
+            world.om.state().matches.len() >= 20
+        });
+        let om = world.om.state();
+        let mut ids: Vec<&String> = om.matches.keys().collect();
+        ids.sort_by_key(|id| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()));
+        ids.into_iter().take(20).cloned().collect()
+    };
+    let finished_at = |match_id: &str| {
+        let om = world.om.state();
+        let issued = &om.matches[match_id];
+        (
+            issued.streamed_at,
+            issued.assigned_at.or(issued.released_at),
+        )
+    };
+    wait_until(
+        WAIT,
+        "every match of the burst assigned or released",
+        || first_matches.iter().all(|id| finished_at(id).1.is_some()),
+    );
+    stop(director);
+    let slack = Duration::from_millis(300);
+    for id in &first_matches {
+        let (streamed, finished) = finished_at(id);
+        let took = finished.unwrap() - streamed;
+        assert!(
+            took <= queue_timeout + slack,
+            "match {id} finished {took:?} after it was streamed"
+        );
+    }
+    let calls = world.allocator.state().call_times.clone();
+    for (i, first) in calls.iter().enumerate() {
+        for (j, later) in calls.iter().enumerate().skip(i) {
+            let allowed = 1.0 + (*later - *first).as_secs_f64() + 0.05;
+            assert!(
+                (j - i + 1) as f64 <= allowed,
+                "{} Allocate calls within {:?}",
+                j - i + 1,
+                *later - *first
+            );
+        }
+    }
+    assert!(
+        calls.len() >= 4,
+        "some matches were allocated: {}",
+        calls.len()
+    );
+    assert!(world.all_released(&tickets[..4]) || world.all_assigned(&tickets[..4]));
 }
