@@ -25,6 +25,18 @@ pub struct RetryPolicy {
     pub retryable: fn(RpcStatusCode) -> bool,
 }
 
+impl RetryPolicy {
+    /// The policy cut to end by `deadline`: no attempt starts after it, and none runs past it.
+    pub fn until(self, deadline: Instant) -> RetryPolicy {
+        let left = deadline.saturating_duration_since(Instant::now());
+        RetryPolicy {
+            budget: self.budget.min(left),
+            attempt_timeout: self.attempt_timeout.min(left).max(Duration::from_millis(1)),
+            ..self
+        }
+    }
+}
+
 /// Runs `attempt` (given its deadline) until it succeeds, fails for good, or the budget is spent.
 /// `on_retry` hears about every failure that will be retried. A forced shutdown stops retrying.
 pub fn retry<T>(

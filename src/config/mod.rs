@@ -158,9 +158,18 @@ pub struct Timing {
     pub assign_retry_budget: Duration,
     /// Time from SIGTERM until queued matches are released and the process exits.
     pub shutdown_timeout: Duration,
-    /// Longest a match may wait for an allocator worker before its tickets are released.
+    /// Longest a match may wait for an allocator worker (and its first Allocate turn) before its
+    /// tickets are released.
     pub queue_timeout: Duration,
+    /// From the moment its stream delivers it, every match is assigned or released within this.
+    pub match_deadline: Duration,
+    /// Open Match's pendingReleaseTimeout: after it, a match's tickets go to other matches.
+    pub pending_release_timeout: Duration,
 }
+
+/// What the release after MATCH_DEADLINE may take beyond its one ReleaseTickets attempt
+/// (ASSIGN_TIMEOUT) before Open Match's pending-release timeout.
+pub const RELEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The whole validated configuration.
 #[derive(Debug)]

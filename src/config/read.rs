@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::files::{load_mapping, load_request_template, load_tls, load_tls_dir};
 use super::parse::{
@@ -14,7 +15,7 @@ use super::parse::{
 use super::reader::Reader;
 use super::{
     AddressSource, AgonesConfig, AllocatorTarget, Config, ConfigErrors, Endpoint, OpenMatchConfig,
-    Origin, ProfileConfig, Timing, DEFAULT_BACKFILL_ID_ANNOTATION,
+    Origin, ProfileConfig, Timing, DEFAULT_BACKFILL_ID_ANNOTATION, RELEASE_MARGIN,
 };
 use crate::names::is_label_key;
 use crate::tls::TlsMaterial;
@@ -307,7 +308,8 @@ fn read_profiles(r: &mut Reader) -> ProfileConfig {
 
 fn read_timing(r: &mut Reader) -> Timing {
     let positive = |s: &str| parse_duration(s).and_then(non_zero);
-    Timing {
+    let problems_before = r.problems.len();
+    let timing = Timing {
         interval: r.parsed("INTERVAL", "5s", positive),
         fetch_timeout: r.parsed("FETCH_TIMEOUT", "30s", positive),
         allocate_timeout: r.parsed("ALLOCATE_TIMEOUT", "10s", positive),
@@ -316,5 +318,45 @@ fn read_timing(r: &mut Reader) -> Timing {
         assign_retry_budget: r.parsed("ASSIGN_RETRY_BUDGET", "10s", parse_duration),
         shutdown_timeout: r.parsed("SHUTDOWN_TIMEOUT", "25s", parse_duration),
         queue_timeout: r.parsed("QUEUE_TIMEOUT", "10s", positive),
+        match_deadline: r.parsed("MATCH_DEADLINE", "45s", positive),
+        pending_release_timeout: r.parsed("OPENMATCH_PENDING_RELEASE_TIMEOUT", "60s", positive),
+    };
+    if r.problems.len() == problems_before {
+        check_match_deadline(r, &timing);
+    }
+    timing
+}
+
+/// A match's stages must fit in MATCH_DEADLINE, and MATCH_DEADLINE with the release after it in
+/// Open Match's pending-release timeout; each problem names the setting that weighs most, with
+/// the sum.
+fn check_match_deadline(r: &mut Reader, timing: &Timing) {
+    let stages = [
+        ("QUEUE_TIMEOUT", timing.queue_timeout),
+        ("ALLOCATE_RETRY_BUDGET", timing.allocate_retry_budget),
+        ("ASSIGN_RETRY_BUDGET", timing.assign_retry_budget),
+    ];
+    let sum: Duration = stages.iter().map(|(_, d)| *d).sum();
+    if sum > timing.match_deadline {
+        let heaviest = stages.iter().max_by_key(|(_, d)| *d).map_or("", |(n, _)| n);
+        let terms: Vec<String> = stages.iter().map(|(n, d)| format!("{n} {d:?}")).collect();
+        r.problem(
+            heaviest,
+            &format!(
+                "{} = {sum:?} is more than MATCH_DEADLINE ({:?}): a match's stages must fit in its deadline",
+                terms.join(" + "),
+                timing.match_deadline
+            ),
+        );
+    }
+    let bound = timing.match_deadline + timing.assign_timeout + RELEASE_MARGIN;
+    if bound > timing.pending_release_timeout {
+        r.problem(
+            "MATCH_DEADLINE",
+            &format!(
+                "MATCH_DEADLINE {:?} + ASSIGN_TIMEOUT {:?} (the release after it) + {RELEASE_MARGIN:?} of margin = {bound:?} is more than OPENMATCH_PENDING_RELEASE_TIMEOUT ({:?}): Open Match would hand the tickets to another match before the Director is done",
+                timing.match_deadline, timing.assign_timeout, timing.pending_release_timeout
+            ),
+        );
     }
 }

@@ -96,6 +96,8 @@ fn every_default() {
             assign_retry_budget: s(10),
             shutdown_timeout: s(25),
             queue_timeout: s(10),
+            match_deadline: s(45),
+            pending_release_timeout: s(60),
         }
     );
     assert_eq!(config.allocator_threads, 32);
@@ -338,6 +340,42 @@ fn host_port_parsing() {
 }
 
 #[test]
+fn the_stages_and_the_deadline_must_fit_in_open_matchs_pending_release_timeout() {
+    let problems = Fixture::new()
+        .set("ALLOCATE_RETRY_BUDGET", "60s")
+        .problems();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("ALLOCATE_RETRY_BUDGET: "),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[0].contains(
+            "QUEUE_TIMEOUT 10s + ALLOCATE_RETRY_BUDGET 60s + ASSIGN_RETRY_BUDGET 10s = 80s is more than MATCH_DEADLINE (45s)"
+        ),
+        "{}",
+        problems[0]
+    );
+    let problems = Fixture::new()
+        .set("OPENMATCH_PENDING_RELEASE_TIMEOUT", "50s")
+        .problems();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].starts_with("MATCH_DEADLINE: MATCH_DEADLINE 45s + ASSIGN_TIMEOUT 5s"));
+    assert!(problems[0].contains("= 55s is more than OPENMATCH_PENDING_RELEASE_TIMEOUT (50s)"));
+    let fits = Fixture::new()
+        .set("OPENMATCH_PENDING_RELEASE_TIMEOUT", "30s")
+        .set("MATCH_DEADLINE", "20s")
+        .set("QUEUE_TIMEOUT", "5s")
+        .set("ALLOCATE_RETRY_BUDGET", "10s")
+        .set("ASSIGN_RETRY_BUDGET", "5s");
+    assert_eq!(
+        fits.load().map(|c| c.timing.match_deadline).ok(),
+        Some(Duration::from_secs(20))
+    );
+}
+
+#[test]
 fn empty_value_is_a_problem() {
     let problems = Fixture::new().set("AGONES_NAMESPACE", " ").problems();
     assert_eq!(problems, ["AGONES_NAMESPACE: is empty"]);
@@ -493,6 +531,8 @@ const FUZZED: &[&str] = &[
     "METRICS_ADDR",
     "CERT_RELOAD_INTERVAL",
     "BACKFILL_ID_ANNOTATION",
+    "MATCH_DEADLINE",
+    "OPENMATCH_PENDING_RELEASE_TIMEOUT",
 ];
 
 /// Text that looks like configuration values: digits, units, separators, and anything else.

@@ -140,11 +140,10 @@ impl Pipeline {
             };
             threads.push(spawn(name, alive.clone(), move || fetcher.run())?);
         }
-        let timing = &self.timing;
-        let worker_limit = timing.allocate_retry_budget
-            + timing.allocate_timeout
-            + 2 * (timing.assign_retry_budget + timing.assign_timeout)
-            + LIVENESS_MARGIN;
+        // A match is assigned or released by its MATCH_DEADLINE, then a last release may take an
+        // ASSIGN_TIMEOUT: a worker busy longer than that is stuck.
+        let worker_limit =
+            self.timing.match_deadline + self.timing.assign_timeout + LIVENESS_MARGIN;
         for (name, region) in self.regions {
             for index in 0..self.allocator_threads {
                 let thread = format!("alloc-{name}-{index}");

@@ -92,6 +92,8 @@ pub struct WorkerSettings {
     pub assign: RetryPolicy,
     /// Longest a match may wait for a worker before it is released instead (QUEUE_TIMEOUT).
     pub queue_timeout: Duration,
+    /// Every match is assigned or released within this from its arrival (MATCH_DEADLINE).
+    pub match_deadline: Duration,
     /// The Global Accelerator mappings in use (GA_MAPPING_DIR), replaced when the files change.
     pub mappings: Option<Arc<Versioned<Mappings>>>,
 }
@@ -109,6 +111,7 @@ impl WorkerSettings {
             },
             assign: assign_policy(timing),
             queue_timeout: timing.queue_timeout,
+            match_deadline: timing.match_deadline,
             mappings,
         }
     }

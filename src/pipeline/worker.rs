@@ -37,7 +37,8 @@ pub(super) struct Worker {
     settings: Arc<WorkerSettings>,
     heartbeat: Arc<Heartbeat>,
     /// By when the next ALLOCATE_RATE_LIMIT turn must come: the match's QUEUE_TIMEOUT for its
-    /// first Allocate, so that a throttled match starts in time or is released at once.
+    /// first Allocate, so that a throttled match starts in time or is released at once; the end
+    /// of its allocation (MATCH_DEADLINE) for the others.
     turn_by: Cell<Option<Instant>>,
     openmatch_generation: u64,
     openmatch: Arc<OpenMatchClient>,
@@ -133,12 +134,28 @@ impl Worker {
             );
             return self.release(job, budget, &why);
         }
+        if Instant::now() >= self.allocate_by(job) {
+            let why = "its MATCH_DEADLINE leaves no time for an Allocate and an AssignTickets";
+            return self.release(job, budget, why);
+        }
         self.turn_by
             .set(Some(job.received_at + self.settings.queue_timeout));
         match self.allocate(job) {
             Some(server) => self.assign(job, &server),
             None => self.release(job, budget, "no usable game server was allocated"),
         }
+    }
+
+    /// When the match must be assigned or released: MATCH_DEADLINE after its arrival.
+    fn deadline(&self, job: &MatchJob) -> Instant {
+        job.received_at + self.settings.match_deadline
+    }
+
+    /// When its allocation must end: one AssignTickets attempt before the deadline.
+    fn allocate_by(&self, job: &MatchJob) -> Instant {
+        self.deadline(job)
+            .checked_sub(self.settings.assign.attempt_timeout)
+            .unwrap_or(job.received_at)
     }
 
     /// One Allocate attempt, measured; not sent while the region's circuit is open.
@@ -156,7 +173,7 @@ impl Worker {
                 "not sent: the region's allocator failed repeatedly and its circuit is open",
             ));
         }
-        self.turn_by.set(None);
+        self.turn_by.set(Some(self.allocate_by(job)));
         let started = Instant::now();
         let (_, clients) = self.clients.current();
         let client = &clients[self.index % clients.len()];
@@ -270,7 +287,7 @@ impl Worker {
         let recovery = allocator::recovery_request(&request, agones, game.region);
         let lost_answer = Cell::new(false);
         let response = retry(
-            self.settings.allocate,
+            self.settings.allocate.until(self.allocate_by(job)),
             &self.services.shutdown,
             |timeout| self.attempt(job, (&request, &recovery), &lost_answer, timeout),
             |error, pause| {
@@ -363,7 +380,7 @@ impl Worker {
 
     fn assign(&self, job: &MatchJob, server: &GameServer) -> Outcome {
         let result = retry(
-            self.settings.assign,
+            self.settings.assign.until(self.deadline(job)),
             &self.services.shutdown,
             |timeout| {
                 self.openmatch
@@ -425,9 +442,11 @@ impl Worker {
     }
 
     /// Releases the match's tickets, retrying transient failures within `budget`.
+    /// Retries stop at the match's deadline; one attempt always runs, with ASSIGN_TIMEOUT.
     fn release(&self, job: &MatchJob, budget: Duration, why: &str) -> Outcome {
+        let left = self.deadline(job).saturating_duration_since(Instant::now());
         let policy = RetryPolicy {
-            budget,
+            budget: budget.min(left),
             ..self.settings.assign
         };
         release_matches(

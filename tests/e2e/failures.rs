@@ -290,7 +290,7 @@ fn sigterm_with_a_full_queue_and_a_slow_allocator_releases_everything_in_time() 
     world.env.set("QUEUE_CAPACITY", "2");
     world.env.set("ALLOCATOR_THREADS", "1");
     world.env.set("ALLOCATE_TIMEOUT", "30s");
-    world.env.set("ALLOCATE_RETRY_BUDGET", "60s");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "20s");
     world
         .allocator
         .state()
@@ -638,4 +638,53 @@ fn a_retry_after_a_lost_answer_recovers_the_game_server_instead_of_allocating_an
         (accounting.assigned, accounting.orphaned_game_servers),
         (1, 0)
     );
+}
+
+/// Every stage draws from MATCH_DEADLINE: with an allocator that never answers and an
+/// ALLOCATE_TIMEOUT longer than the deadline, the match is still released within it.
+#[test]
+fn a_match_is_released_within_its_match_deadline_whatever_the_attempt_timeouts() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("RANGES", "0-49");
+    world.env.set_all(&[
+        ("MATCH_DEADLINE", "4s"),
+        ("ALLOCATE_TIMEOUT", "10s"),
+        ("QUEUE_TIMEOUT", "1s"),
+        ("ALLOCATE_RETRY_BUDGET", "1s"),
+        ("ASSIGN_RETRY_BUDGET", "1s"),
+    ]);
+    world
+        .allocator
+        .state()
+        .hanging_regions
+        .insert("us-east-1".into(), Duration::from_secs(60));
+    let tickets = world.players("us-east-1", 4);
+    let director = world.env.start();
+    wait_until(WAIT, "the match released", || world.all_released(&tickets));
+    let match_id = world.match_of(&tickets[0]);
+    let took = {
+        let om = world.om.state();
+        let issued = &om.matches[&match_id];
+        issued.released_at.unwrap() - issued.streamed_at
+    };
+    assert!(
+        took <= Duration::from_millis(4_500),
+        "released {took:?} after it was streamed"
+    );
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.released, accounting.received);
+}
+
+#[test]
+fn a_stage_budget_that_does_not_fit_the_match_deadline_exits_2_before_any_call() {
+    let mut world = World::new();
+    world.env.set("ALLOCATE_RETRY_BUDGET", "60s");
+    let mut director = world.env.start();
+    let status = director.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(2));
+    let problem = director.lines_with("ALLOCATE_RETRY_BUDGET: ");
+    assert_eq!(problem.len(), 1, "{:?}", director.log());
+    assert!(problem[0].contains("is more than MATCH_DEADLINE (45s)"));
+    assert!(world.om.state().fetches.is_empty());
 }
