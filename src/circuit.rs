@@ -51,8 +51,10 @@ enum State {
         until: Instant,
         pause: Duration,
     },
+    /// A probe was admitted at `since`; only a call started since then decides.
     Probing {
         pause: Duration,
+        since: Instant,
     },
 }
 
@@ -60,13 +62,25 @@ enum State {
 #[derive(Debug)]
 pub struct Circuit {
     state: Mutex<State>,
+    /// A probe whose result has not come after this is taken as lost, and another is let through.
+    probe_timeout: Duration,
+}
+
+impl Circuit {
+    /// A closed circuit whose probes are taken as lost after `probe_timeout` (no Allocate runs
+    /// longer than a match's MATCH_DEADLINE).
+    pub fn new(probe_timeout: Duration) -> Circuit {
+        Circuit {
+            state: Mutex::new(CLOSED),
+            probe_timeout,
+        }
+    }
 }
 
 impl Default for Circuit {
+    /// With the default MATCH_DEADLINE as its probe timeout.
     fn default() -> Self {
-        Circuit {
-            state: Mutex::new(CLOSED),
-        }
+        Circuit::new(Duration::from_secs(45))
     }
 }
 
@@ -85,22 +99,33 @@ pub fn is_outage(code: RpcStatusCode) -> bool {
 }
 
 impl Circuit {
-    /// Whether a call may be made now. At most one probe is in flight at a time.
+    /// Whether a call may be made now. At most one probe is in flight at a time; one that has
+    /// not reported within the probe timeout is taken as lost.
     pub fn admit(&self) -> Admission {
         let mut state = lock(&self.state);
+        let now = Instant::now();
         match *state {
             State::Closed { .. } => Admission::Call,
-            State::Open { until, pause } if Instant::now() >= until => {
-                *state = State::Probing { pause };
+            State::Open { until, pause } if now >= until => {
+                *state = State::Probing { pause, since: now };
+                Admission::Probe
+            }
+            State::Probing { pause, since } if now - since >= self.probe_timeout => {
+                *state = State::Probing { pause, since: now };
                 Admission::Probe
             }
             State::Open { .. } | State::Probing { .. } => Admission::Refused,
         }
     }
 
-    /// Whether the circuit is open now (a probe in flight counts as open).
+    /// Whether the circuit refuses calls now: open and pausing, or with a probe in flight. Once
+    /// the pause is over, nothing is refused: the next call is the probe.
     pub fn is_open(&self) -> bool {
-        !matches!(*lock(&self.state), State::Closed { .. })
+        match *lock(&self.state) {
+            State::Closed { .. } => false,
+            State::Open { until, .. } => Instant::now() < until,
+            State::Probing { .. } => true,
+        }
     }
 
     /// Whether new matches can be used now: the circuit is closed, or its pause is over and the
@@ -136,8 +161,15 @@ impl Circuit {
                     )
                 }
             }
+            (State::Probing { pause, since }, _) if started < *since => (
+                State::Probing {
+                    pause: *pause,
+                    since: *since,
+                },
+                None,
+            ),
             (State::Probing { .. }, false) => (CLOSED, Some(Transition::Closed)),
-            (State::Probing { pause }, true) => open((*pause * 2).min(MAX_PAUSE)),
+            (State::Probing { pause, .. }, true) => open((*pause * 2).min(MAX_PAUSE)),
             (State::Open { until, pause }, _) => (
                 State::Open {
                     until: *until,
@@ -279,6 +311,57 @@ mod tests {
         opened(&circuit);
         assert_eq!(circuit.record(Instant::now(), None), None);
         assert_eq!(circuit.record(Instant::now(), DOWN), None);
+        assert_eq!(circuit.admit(), Admission::Refused);
+    }
+
+    #[test]
+    fn a_late_result_of_a_call_admitted_before_the_probe_does_not_decide_it() {
+        let circuit = Circuit::default();
+        opened(&circuit);
+        pause_over(&circuit);
+        assert_eq!(circuit.admit(), Admission::Probe);
+        assert_eq!(
+            circuit.record(long_ago(), None),
+            None,
+            "an old call's success"
+        );
+        assert_eq!(circuit.admit(), Admission::Refused, "still probing");
+        assert_eq!(
+            circuit.record(Instant::now(), DOWN),
+            Some(Transition::Opened(FIRST_PAUSE * 2)),
+            "the probe's own result decides"
+        );
+    }
+
+    #[test]
+    fn after_its_pause_an_idle_circuit_is_not_reported_open() {
+        let circuit = Circuit::default();
+        opened(&circuit);
+        assert!(circuit.is_open());
+        pause_over(&circuit);
+        assert!(
+            !circuit.is_open(),
+            "no traffic: nothing is refused any more"
+        );
+        assert_eq!(circuit.admit(), Admission::Probe);
+        assert!(circuit.is_open(), "a probe in flight");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced_after_the_probe_timeout() {
+        let circuit = Circuit::new(Duration::from_secs(4));
+        opened(&circuit);
+        pause_over(&circuit);
+        assert_eq!(circuit.admit(), Admission::Probe);
+        assert_eq!(circuit.admit(), Admission::Refused);
+        if let State::Probing { since, .. } = &mut *lock(&circuit.state) {
+            *since -= Duration::from_secs(4);
+        }
+        assert_eq!(
+            circuit.admit(),
+            Admission::Probe,
+            "the lost probe no longer holds it"
+        );
         assert_eq!(circuit.admit(), Admission::Refused);
     }
 }

@@ -129,6 +129,14 @@ impl Health {
         lock(&self.circuits).insert(region.to_string(), circuit);
     }
 
+    /// Whether each region's circuit refuses calls now.
+    pub fn circuits_open(&self) -> BTreeMap<String, bool> {
+        lock(&self.circuits)
+            .iter()
+            .map(|(region, circuit)| (region.clone(), circuit.is_open()))
+            .collect()
+    }
+
     /// Whether each region can allocate now: `Ok`, or why not.
     pub fn allocators(&self) -> BTreeMap<String, Result<(), String>> {
         let circuits = lock(&self.circuits);

@@ -154,9 +154,12 @@ fn operations_handler(services: &Arc<Services>) -> Arc<http::Handler> {
     };
     Arc::new(move |path: &str| match path {
         "/metrics" => {
+            let metrics = &services.metrics;
             for (region, up) in services.health.allocators() {
-                let up = u64::from(up.is_ok());
-                services.metrics.allocator_up.set(&[&region], up);
+                metrics.allocator_up.set(&[&region], u64::from(up.is_ok()));
+            }
+            for (region, open) in services.health.circuits_open() {
+                metrics.region_circuit_open.set(&[&region], u64::from(open));
             }
             Response::metrics(services.metrics.render())
         }

@@ -75,8 +75,7 @@ impl Region {
         channels: &AllocatorChannels,
     ) -> Region {
         let clients = channels.open(name, &config.agones.target(name).tls);
-        services.metrics.region_circuit_open.set(&[name], 0);
-        let circuit = Arc::new(Circuit::default());
+        let circuit = Arc::new(Circuit::new(config.timing.match_deadline));
         services
             .health
             .allocator_circuit(name, Arc::clone(&circuit));

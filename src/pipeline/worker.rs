@@ -188,14 +188,12 @@ impl Worker {
         let failure = result.as_ref().err().map(|error| error.code);
         match self.circuit.record(started, failure) {
             Some(Transition::Opened(pause)) => {
-                metrics.region_circuit_open.set(&[region], 1);
                 log::warn!(
                     "Circuit of region {region} open: its allocator keeps failing (last: {label}); its matches are released at once until a probe succeeds, next probe in {:.1}s",
                     pause.as_secs_f64()
                 );
             }
             Some(Transition::Closed) => {
-                metrics.region_circuit_open.set(&[region], 0);
                 log::info!("Circuit of region {region} closed: its allocator answers again");
             }
             None => {}
