@@ -43,6 +43,14 @@ pub fn is_label_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Whether `namespace` is a valid Kubernetes namespace name: an RFC 1123 label (lower-case
+/// letters, digits and inner hyphens, at most 63 characters).
+pub fn is_namespace(namespace: &str) -> bool {
+    !namespace.contains('.')
+        && is_dns_name(namespace)
+        && !namespace.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 /// `text` made into a valid Kubernetes label value: other characters become `-`, at most 63
 /// characters, starting and ending with a letter or digit.
 pub fn label_value(text: &str) -> String {
@@ -88,6 +96,14 @@ mod tests {
             &"x".repeat(64),
         ] {
             assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespaces() {
+        assert!(is_namespace("game-servers-2"));
+        for bad in ["", "Game", "game_servers", "a.b", "-a", &"a".repeat(64)] {
+            assert!(!is_namespace(bad), "{bad}");
         }
     }
 

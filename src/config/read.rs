@@ -17,7 +17,7 @@ use super::{
     AddressSource, AgonesConfig, AllocatorTarget, Config, ConfigErrors, Endpoint, OpenMatchConfig,
     Origin, ProfileConfig, Timing, DEFAULT_BACKFILL_ID_ANNOTATION, RELEASE_MARGIN,
 };
-use crate::names::is_label_key;
+use crate::names::{is_label_key, is_namespace};
 use crate::tls::TlsMaterial;
 
 /// The whole configuration through `lookup`, with the checks of `origin`, or every problem.
@@ -190,8 +190,14 @@ fn read_agones(r: &mut Reader, regions: &[String], mapping_on: bool) -> AgonesCo
         };
         targets.insert(region.clone(), target);
     }
-    let namespace = r.string("AGONES_NAMESPACE", "default");
-    let region_label = r.string("REGION_LABEL", "region");
+    let namespace = r.checked(
+        "AGONES_NAMESPACE",
+        "default",
+        is_namespace,
+        "a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)",
+    );
+    let label_key = "a valid Kubernetes label key";
+    let region_label = r.checked("REGION_LABEL", "region", is_label_key, label_key);
     let policy_label = r.optional("AGONES_POLICY_LABEL");
     if let Some(label) = policy_label.as_ref().filter(|label| !is_label_key(label)) {
         r.problem(
@@ -200,13 +206,12 @@ fn read_agones(r: &mut Reader, regions: &[String], mapping_on: bool) -> AgonesCo
         );
     }
     let port_name = r.string("GAMESERVER_PORT_NAME", "default");
-    let backfill_annotation = r.string("BACKFILL_ID_ANNOTATION", DEFAULT_BACKFILL_ID_ANNOTATION);
-    if !is_label_key(&backfill_annotation) {
-        r.problem(
-            "BACKFILL_ID_ANNOTATION",
-            &format!("{backfill_annotation:?} is not a valid Kubernetes annotation key"),
-        );
-    }
+    let backfill_annotation = r.checked(
+        "BACKFILL_ID_ANNOTATION",
+        DEFAULT_BACKFILL_ID_ANNOTATION,
+        is_label_key,
+        "a valid Kubernetes annotation key",
+    );
     let request_template = r
         .optional("ALLOCATION_REQUEST_FILE")
         .and_then(|path| load_request_template(r, &path));

@@ -93,6 +93,22 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The value of `name` (`default` when unset), which `valid` must accept: else a problem
+    /// saying the value is not `what`.
+    pub(super) fn checked(
+        &mut self,
+        name: &str,
+        default: &str,
+        valid: fn(&str) -> bool,
+        what: &str,
+    ) -> String {
+        let value = self.string(name, default);
+        if !valid(&value) {
+            self.problem(name, &format!("{value:?} is not {what}"));
+        }
+        value
+    }
+
     /// Records a problem with variable `name`.
     pub(super) fn problem(&mut self, name: &str, what: &str) {
         self.problems.push(format!("{name}: {what}"));

@@ -376,6 +376,25 @@ fn the_stages_and_the_deadline_must_fit_in_open_matchs_pending_release_timeout()
 }
 
 #[test]
+fn region_label_and_namespace_are_kubernetes_names() {
+    let problems = Fixture::new()
+        .set("REGION_LABEL", "agones region")
+        .set("AGONES_NAMESPACE", "Game_Servers")
+        .problems();
+    assert_eq!(
+        problems,
+        [
+            "AGONES_NAMESPACE: \"Game_Servers\" is not a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)",
+            "REGION_LABEL: \"agones region\" is not a valid Kubernetes label key",
+        ]
+    );
+    let fine = Fixture::new()
+        .set("REGION_LABEL", "topology.kubernetes.io/region")
+        .set("AGONES_NAMESPACE", "game-servers-2");
+    assert!(fine.load().is_ok());
+}
+
+#[test]
 fn empty_value_is_a_problem() {
     let problems = Fixture::new().set("AGONES_NAMESPACE", " ").problems();
     assert_eq!(problems, ["AGONES_NAMESPACE: is empty"]);
