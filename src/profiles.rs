@@ -1,7 +1,9 @@
 //! MatchProfiles: one per region × latency band, each remembering the region it serves.
 
 use crate::config::{Band, ProfileConfig};
-use crate::proto::messages::{DoubleRangeFilter, MatchProfile, Pool, TagPresentFilter};
+use crate::proto::messages::{
+    DoubleRangeFilter, DoubleRangeFilter_Exclude, MatchProfile, Pool, TagPresentFilter,
+};
 
 /// A MatchProfile together with the region its matches must be allocated in.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,12 +35,16 @@ pub fn latency_arg(region: &str) -> String {
     format!("latency-{region}")
 }
 
+/// The profile of `band` in `region`. Bands are whole milliseconds but clients report fractions,
+/// so band `A-B` filters `A ≤ latency < B + 1` (`exclude: MAX`): 24.5 ms falls in `0-24`, not
+/// between `0-24` and `25-49`.
 fn build_profile(region: &str, band: Band, tag: &str) -> Profile {
     let name = format!("latency-{region}-{}-{}", band.min, band.max);
     let mut range = DoubleRangeFilter::new();
     range.set_double_arg(latency_arg(region));
     range.set_min(f64::from(band.min));
-    range.set_max(f64::from(band.max));
+    range.set_max(f64::from(band.max) + 1.0);
+    range.set_exclude(DoubleRangeFilter_Exclude::MAX);
     let mut tag_filter = TagPresentFilter::new();
     tag_filter.set_tag(tag.to_string());
     let mut pool = Pool::new();
@@ -94,7 +100,8 @@ mod tests {
         assert_eq!(pool.get_name(), "latency-us-east-2-25-49");
         let range = &pool.get_double_range_filters()[0];
         assert_eq!(range.get_double_arg(), "latency-us-east-2");
-        assert_eq!((range.get_min(), range.get_max()), (25.0, 49.0));
+        assert_eq!((range.get_min(), range.get_max()), (25.0, 50.0));
+        assert_eq!(range.get_exclude(), DoubleRangeFilter_Exclude::MAX);
         assert_eq!(pool.get_tag_present_filters()[0].get_tag(), "mode.session");
         assert!(pool.get_string_equals_filters().is_empty());
     }

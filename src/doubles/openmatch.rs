@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::proto::backend::*;
 use crate::proto::backend_grpc::{create_backend_service, BackendService};
-use crate::proto::messages::{Backfill, Match, Pool, SearchFields, Ticket};
+use crate::proto::messages::{
+    Backfill, DoubleRangeFilter_Exclude, Match, Pool, SearchFields, Ticket,
+};
 use futures_util::{SinkExt, TryFutureExt};
 
 use super::server::Served;
@@ -335,13 +337,32 @@ struct Backend {
     state: Arc<Mutex<OmState>>,
 }
 
-/// Whether a ticket passes every filter of `pool` (ranges inclusive, as Open Match's default).
+/// Whether a ticket passes every filter of `pool` (ranges inclusive unless `exclude` says
+/// otherwise, as in Open Match).
 pub fn fits(pool: &Pool, fields: &SearchFields) -> bool {
     let ranges = pool.get_double_range_filters().iter().all(|f| {
+        let (min_out, max_out) = match f.get_exclude() {
+            DoubleRangeFilter_Exclude::NONE => (false, false),
+            DoubleRangeFilter_Exclude::MIN => (true, false),
+            DoubleRangeFilter_Exclude::MAX => (false, true),
+            DoubleRangeFilter_Exclude::BOTH => (true, true),
+        };
         fields
             .get_double_args()
             .get(f.get_double_arg())
-            .is_some_and(|v| *v >= f.get_min() && *v <= f.get_max())
+            .is_some_and(|v| {
+                let above_min = if min_out {
+                    *v > f.get_min()
+                } else {
+                    *v >= f.get_min()
+                };
+                let below_max = if max_out {
+                    *v < f.get_max()
+                } else {
+                    *v <= f.get_max()
+                };
+                above_min && below_max
+            })
     });
     let tags = pool
         .get_tag_present_filters()

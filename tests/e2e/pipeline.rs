@@ -16,6 +16,7 @@ use agones_openmatch_director::proto::allocation::{
     GameServerSelector_GameServerState, MultiClusterSetting, Priority, Priority_Type,
 };
 use agones_openmatch_director::proto::backend::FunctionConfig_Type;
+use agones_openmatch_director::proto::messages::DoubleRangeFilter_Exclude;
 use grpcio::RpcStatusCode;
 use protobuf::well_known_types::{Int64Value, StringValue};
 
@@ -87,7 +88,10 @@ fn assigns_every_ticket_once_in_its_region_then_drains_on_sigterm() {
         let range = &pool.get_double_range_filters()[0];
         let name = fetch.get_profile().get_name();
         assert!(name.starts_with(&format!("{}-", range.get_double_arg())));
-        assert!(name.ends_with(&format!("-{}-{}", range.get_min(), range.get_max())));
+        // Band A-B filters A <= latency < B + 1.
+        let band = format!("-{}-{}", range.get_min(), range.get_max() - 1.0);
+        assert!(name.ends_with(&band), "{name} {range:?}");
+        assert_eq!(range.get_exclude(), DoubleRangeFilter_Exclude::MAX);
         assert_eq!(pool.get_tag_present_filters()[0].get_tag(), "mode.session");
     }
     assert!(om.releases.is_empty());
@@ -327,4 +331,25 @@ fn high_density_request(match_id: &str) -> AllocationRequest {
         .mut_labels()
         .insert(MATCH_LABEL.into(), match_label_value(match_id));
     request
+}
+
+/// Clients report fractional latencies: one between two bands (24.5 ms with 0-24,25-49) belongs to
+/// the lower band, and every player with a latency in the configured range is matched.
+#[test]
+fn a_latency_between_two_bands_is_matched() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("RANGES", "0-24,25-49");
+    let between = world.om.add_players(&["us-east-1"], "us-east-1", 24.5, 4);
+    let at_top = world.om.add_players(&["us-east-1"], "us-east-1", 49.9, 4);
+    let director = world.env.start();
+    wait_until(WAIT, "both groups assigned", || {
+        world.all_assigned(&between) && world.all_assigned(&at_top)
+    });
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.assigned, 2);
+    assert_eq!(world.match_of(&between[0]), world.match_of(&between[3]));
+    assert!(world
+        .match_of(&between[0])
+        .starts_with("profile-latency-us-east-1-0-24-"));
 }
