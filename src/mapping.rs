@@ -27,6 +27,10 @@ use crate::sync::Versioned;
 /// How many bad keys a load names in its warning.
 const BAD_KEYS_SHOWN: usize = 5;
 
+/// The most a mapping file may hold once inflated: 64 MiB, about 1.5 million entries (a region of
+/// two /22 subnets and 30 ports per server is 2.5 MB).
+const MAX_MAPPING_BYTES: u64 = 64 << 20;
+
 /// One region's accelerator and mapping.
 #[derive(Debug)]
 pub struct RegionMapping {
@@ -34,7 +38,8 @@ pub struct RegionMapping {
     pub accelerator: String,
     /// The mapping file and the accelerator file read.
     pub files: [PathBuf; 2],
-    /// Entries skipped: a key that is not `IPv4:port`, or a value outside 1–65535.
+    /// Entries skipped: a key that is not `IPv4:port` or is given twice, or a value outside
+    /// 1–65535.
     pub bad_entries: usize,
     /// The first few skipped keys.
     pub bad_keys: Vec<String>,
@@ -126,7 +131,7 @@ impl Mappings {
             );
             if mapping.bad_entries > 0 {
                 log::warn!(
-                    "Global Accelerator mapping {}: skipped {} entries that are not \"IPv4:port\": 1–65535 (first keys: {:?})",
+                    "Global Accelerator mapping {}: skipped {} entries that are not \"IPv4:port\": 1–65535 or whose key is given twice (first keys: {:?})",
                     mapping.files[0].display(),
                     mapping.bad_entries,
                     mapping.bad_keys
@@ -325,25 +330,54 @@ pub struct ParsedMapping {
     pub bad_keys: Vec<String>,
 }
 
-/// Parses a mapping: gzip (recognised by its magic bytes) of a JSON object, or the JSON itself.
+/// Parses a mapping: gzip (recognised by its magic bytes) of a JSON object, or the JSON itself, of
+/// at most [`MAX_MAPPING_BYTES`]. A key given twice is skipped: which port it means is unknown.
 pub fn parse_mapping(bytes: &[u8]) -> Result<ParsedMapping, String> {
+    let too_large = || format!("holds more than {} MiB of JSON", MAX_MAPPING_BYTES >> 20);
     let json = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut json = Vec::with_capacity(bytes.len() * 8);
         GzDecoder::new(bytes)
+            .take(MAX_MAPPING_BYTES + 1)
             .read_to_end(&mut json)
             .map_err(|e| format!("not a valid gzip file: {e}"))?;
         json
     } else {
         bytes.to_vec()
     };
+    if json.len() as u64 > MAX_MAPPING_BYTES {
+        return Err(too_large());
+    }
     let mut parsed = serde_json::Deserializer::from_slice(&json)
         .deserialize_map(EntriesVisitor)
         .map_err(|e| format!("not a JSON object of \"IPv4:port\": port entries: {e}"))?;
+    parsed.entries.sort_unstable();
+    parsed.skip_repeated_keys();
     if parsed.entries.is_empty() {
         return Err("holds no valid entry".to_string());
     }
-    parsed.entries.sort_unstable();
     Ok(parsed)
+}
+
+impl ParsedMapping {
+    /// Removes every entry whose key is given more than once (the entries are sorted), counting
+    /// them as skipped.
+    fn skip_repeated_keys(&mut self) {
+        let key = |entry: &u64| entry >> 16;
+        let mut kept = Vec::with_capacity(self.entries.len());
+        for group in self.entries.chunk_by(|a, b| key(a) == key(b)) {
+            if group.len() == 1 {
+                kept.push(group[0]);
+                continue;
+            }
+            self.bad_entries += group.len();
+            if self.bad_keys.len() < BAD_KEYS_SHOWN {
+                let (address, port) = (key(&group[0]) >> 16, key(&group[0]) & 0xffff);
+                let address = Ipv4Addr::from(address as u32);
+                self.bad_keys.push(format!("{address}:{port}"));
+            }
+        }
+        self.entries = kept;
+    }
 }
 
 /// Reads the JSON object entry by entry into the compact form, without building a JSON tree.
@@ -396,6 +430,35 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(text.as_bytes()).unwrap();
         encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_key_given_twice_is_skipped_and_named_not_resolved_by_chance() {
+        let parsed = parse_mapping(
+            br#"{"10.0.0.1:7001": 41001, "10.0.0.1:7002": 41002, "10.0.0.1:7001": 41009}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.entries.len(), 1, "only 10.0.0.1:7002 is sure");
+        assert_eq!(parsed.bad_entries, 2);
+        assert_eq!(parsed.bad_keys, ["10.0.0.1:7001"]);
+    }
+
+    #[test]
+    fn a_mapping_that_inflates_past_the_limit_is_refused() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(br#"{"10.0.0.1:7001": 41001"#).unwrap();
+        let spaces = vec![b' '; 1 << 20];
+        for _ in 0..(MAX_MAPPING_BYTES >> 20) + 1 {
+            encoder.write_all(&spaces).unwrap();
+        }
+        encoder.write_all(b"}").unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes gzipped", bomb.len());
+        let problem = parse_mapping(&bomb).unwrap_err();
+        assert!(
+            problem.contains("holds more than 64 MiB of JSON"),
+            "{problem}"
+        );
     }
 
     #[test]
