@@ -409,6 +409,16 @@ impl Worker {
                     );
                 }
                 let assigned = job.ticket_ids.len() - failures.len().min(job.ticket_ids.len());
+                if assigned == 0 {
+                    metrics.orphaned_game_servers.add(1);
+                    log::error!(
+                        "AssignTickets: every ticket of match {} is gone, no player will join its game server {} ({}): orphaned, allocated with no players",
+                        job.match_id,
+                        server.name,
+                        server.connection
+                    );
+                    return self.release(job, Duration::ZERO, "every ticket was gone");
+                }
                 metrics.tickets_assigned.add(assigned as u64);
                 metrics
                     .match_to_assignment

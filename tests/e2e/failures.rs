@@ -215,6 +215,38 @@ fn ticket_not_found_is_logged_and_the_others_are_assigned() {
     assert_eq!((accounting.assigned, accounting.tickets_not_found), (1, 1));
 }
 
+/// Every ticket of the match was deleted while it was in flight: no player will join its game
+/// server, so the server is orphaned and the match is not counted as assigned.
+#[test]
+fn a_match_whose_tickets_are_all_gone_is_not_assigned_and_its_server_is_orphaned() {
+    let world = World::new();
+    let tickets = world.players("us-east-1", 4);
+    world
+        .om
+        .state()
+        .faults
+        .not_found
+        .extend(tickets.iter().cloned());
+    let director = world.env.start();
+    wait_until(WAIT, "the AssignTickets", || {
+        !world.om.state().assigns.is_empty()
+    });
+    director.wait_for_log("no player will join it", WAIT);
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(
+        (accounting.assigned, accounting.released),
+        (0, 1),
+        "{accounting:?}"
+    );
+    assert_eq!(
+        (
+            accounting.tickets_not_found,
+            accounting.orphaned_game_servers
+        ),
+        (4, 1)
+    );
+}
+
 #[test]
 fn validation_errors_are_not_retried_and_release_at_once() {
     let mut world = World::new();
