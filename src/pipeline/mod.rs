@@ -120,12 +120,32 @@ impl Pipeline {
         Ok(Totals::of(&services.metrics))
     }
 
-    /// One fetcher per profile, then every region's workers; each holds `alive` until it ends.
-    /// Consumes the pipeline: afterwards only the fetchers hold a region's queue sender and only
-    /// its workers a receiver, so the workers end once the fetchers have and the queue is empty.
+    /// Every region's workers, then one fetcher per profile (so that no match is fetched before
+    /// its region's workers exist: a worker that cannot start stops the start before any fetch);
+    /// each holds `alive` until it ends. Consumes the pipeline: afterwards only the fetchers hold
+    /// a region's queue sender and only its workers a receiver, so the workers end once the
+    /// fetchers have and the queue is empty.
     fn spawn_threads(self, alive: &Sender<()>) -> std::io::Result<Vec<JoinHandle<()>>> {
         let mut threads = Vec::new();
         let health = &self.services.health;
+        // A match is assigned or released by its MATCH_DEADLINE, then a last release may take an
+        // ASSIGN_TIMEOUT: a worker busy longer than that is stuck.
+        let worker_limit =
+            self.timing.match_deadline + self.timing.assign_timeout + LIVENESS_MARGIN;
+        for (name, region) in &self.regions {
+            for index in 0..self.allocator_threads {
+                let thread = format!("alloc-{name}-{index}");
+                let worker = Worker::new(
+                    index,
+                    region,
+                    Arc::clone(&self.services),
+                    Arc::clone(&self.working),
+                    health.register(&thread, worker_limit),
+                );
+                let queue = region.queue.1.clone();
+                threads.push(spawn(thread, alive.clone(), move || worker.run(queue))?);
+            }
+        }
         for profile in &self.profiles {
             let name = format!("fetch-{}", profile.name);
             let region = &self.regions[&profile.region];
@@ -140,36 +160,22 @@ impl Pipeline {
             };
             threads.push(spawn(name, alive.clone(), move || fetcher.run())?);
         }
-        // A match is assigned or released by its MATCH_DEADLINE, then a last release may take an
-        // ASSIGN_TIMEOUT: a worker busy longer than that is stuck.
-        let worker_limit =
-            self.timing.match_deadline + self.timing.assign_timeout + LIVENESS_MARGIN;
-        for (name, region) in self.regions {
-            for index in 0..self.allocator_threads {
-                let thread = format!("alloc-{name}-{index}");
-                let worker = Worker::new(
-                    index,
-                    &region,
-                    Arc::clone(&self.services),
-                    Arc::clone(&self.working),
-                    health.register(&thread, worker_limit),
-                );
-                let queue = region.queue.1.clone();
-                threads.push(spawn(thread, alive.clone(), move || worker.run(queue))?);
-            }
-        }
         Ok(threads)
     }
 }
 
-/// Spawns a named thread that holds `alive` until it ends.
+/// Spawns a named thread that holds `alive` until it ends; an error names the thread.
 fn spawn(
     name: String,
     alive: Sender<()>,
     body: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    thread::Builder::new().name(name).spawn(move || {
-        let _alive = alive;
-        body();
-    })
+    let what = format!("thread {name}");
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let _alive = alive;
+            body();
+        })
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what}: {e}")))
 }

@@ -720,3 +720,33 @@ fn a_stage_budget_that_does_not_fit_the_match_deadline_exits_2_before_any_call()
     assert!(problem[0].contains("is more than MATCH_DEADLINE (45s)"));
     assert!(world.om.state().fetches.is_empty());
 }
+
+/// A worker that cannot be started (here: no address space left for its stack) stops the start
+/// before any fetcher runs: no match is fetched that no worker could take, and none is left pending.
+#[test]
+fn a_worker_that_cannot_start_stops_the_start_before_any_fetch() {
+    let mut world = World::new();
+    world.env.set("ALLOCATOR_THREADS", "1024");
+    let tickets = world.players("us-east-1", 8);
+    let wrapper = world.env.dir.write(
+        "director-with-little-memory",
+        format!(
+            "#!/bin/sh\nulimit -v 1000000\nexec {} \"$@\"\n",
+            world.env.binary.display()
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    world.env.binary = wrapper;
+    let mut director = world.env.start();
+    let status = director.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{:?}", director.log());
+    assert_eq!(director.lines_with("Cannot start").len(), 1);
+    assert!(world.om.state().fetches.is_empty(), "no FetchMatches");
+    assert!(tickets
+        .iter()
+        .all(|t| world.om.state().ticket(t).status == TicketStatus::Available));
+}
