@@ -148,6 +148,9 @@ pub struct OmState {
     /// The share of matches that top up a running game (when there is one), and the share of the
     /// others that start a game with a new backfill; 0: plain matches only.
     pub backfill_ratio: f64,
+    /// The length of the ticket ids made from now on (at least the default `ticket-NNNN`): long
+    /// ids make large requests out of few tickets.
+    pub ticket_id_len: usize,
     /// Every backfill that exists, by id.
     pub backfills: HashMap<String, BackfillRecord>,
     /// Tickets assigned by a game server's acknowledgement of its backfill.
@@ -231,7 +234,8 @@ impl FakeOpenMatch {
     pub fn add_ticket(&self, double_args: &[(&str, f64)], tags: &[&str]) -> String {
         let mut state = self.state();
         state.next_ticket += 1;
-        let id = format!("ticket-{:04}", state.next_ticket);
+        let width = state.ticket_id_len.saturating_sub("ticket-".len()).max(4);
+        let id = format!("ticket-{:0width$}", state.next_ticket);
         let mut fields = SearchFields::new();
         for (arg, value) in double_args {
             fields.mut_double_args().insert(arg.to_string(), *value);

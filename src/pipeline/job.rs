@@ -63,7 +63,12 @@ impl Outcome {
     }
 }
 
-/// [`release_matches`], each match counted under the outcome.
+/// The most ticket-id bytes one ReleaseTickets call carries: well under gRPC's 4 MiB limit on
+/// a message.
+const RELEASE_CALL_BYTES: usize = 1 << 20;
+
+/// [`release_matches`] in as few calls as fit in a gRPC message each, each match counted under
+/// its call's outcome.
 pub(super) fn release_and_count(
     services: &Services,
     openmatch: &OpenMatchClient,
@@ -71,11 +76,36 @@ pub(super) fn release_and_count(
     jobs: &[MatchJob],
     why: &str,
 ) {
-    let outcome = release_matches(services, openmatch, policy, jobs, why);
-    services
-        .metrics
-        .matches_finished
-        .add(&[outcome.label()], jobs.len() as u64);
+    for group in release_groups(jobs, RELEASE_CALL_BYTES) {
+        let outcome = release_matches(services, openmatch, policy, group, why);
+        services
+            .metrics
+            .matches_finished
+            .add(&[outcome.label()], group.len() as u64);
+    }
+}
+
+/// `jobs` cut into consecutive groups whose ticket ids take at most `limit` bytes on the wire
+/// (a match is never split; a match larger than `limit` is a group of its own).
+fn release_groups(jobs: &[MatchJob], limit: usize) -> Vec<&[MatchJob]> {
+    let size = |job: &MatchJob| -> usize {
+        // Each id is a length-delimited string: its bytes and a few of tag and length.
+        job.ticket_ids.iter().map(|id| id.len() + 4).sum()
+    };
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, job) in jobs.iter().enumerate() {
+        let job_bytes = size(job);
+        if index > start && bytes + job_bytes > limit {
+            groups.push(&jobs[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += job_bytes;
+    }
+    if start < jobs.len() {
+        groups.push(&jobs[start..]);
+    }
+    groups
 }
 
 /// Returns the tickets of `jobs` to the pool in one ReleaseTickets call, retrying transient
@@ -117,5 +147,45 @@ pub(super) fn release_matches(
             );
             Outcome::Abandoned
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profiles::build_profiles;
+
+    fn job(tickets: usize, id_len: usize) -> MatchJob {
+        let config = crate::config::ProfileConfig {
+            regions: vec!["r".into()],
+            bands: vec![crate::config::Band { min: 0, max: 9 }],
+            tag: "t".into(),
+        };
+        MatchJob {
+            profile: Arc::new(build_profiles(&config).remove(0)),
+            match_id: "m".into(),
+            ticket_ids: vec!["x".repeat(id_len); tickets],
+            backfill_id: None,
+            received_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn releases_are_cut_between_matches_to_fit_the_limit() {
+        let jobs: Vec<MatchJob> = (0..10).map(|_| job(4, 96)).collect();
+        let sizes = |limit| -> Vec<usize> {
+            release_groups(&jobs, limit)
+                .iter()
+                .map(|g| g.len())
+                .collect()
+        };
+        assert_eq!(sizes(1_000), [2, 2, 2, 2, 2], "400 bytes a match");
+        assert_eq!(sizes(10_000), [10]);
+        assert_eq!(
+            sizes(100),
+            [1; 10],
+            "a match larger than the limit goes alone"
+        );
+        assert!(release_groups(&[], 100).is_empty());
     }
 }

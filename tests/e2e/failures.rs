@@ -750,3 +750,49 @@ fn a_worker_that_cannot_start_stops_the_start_before_any_fetch() {
         .iter()
         .all(|t| world.om.state().ticket(t).status == TicketStatus::Available));
 }
+
+/// A backlog whose tickets would not fit in one gRPC message (4 MiB) is released in several
+/// ReleaseTickets calls: every match released, none abandoned.
+#[test]
+fn a_backlog_too_large_for_one_release_call_is_released_in_parts() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("RANGES", "0-49");
+    world.env.set("QUEUE_CAPACITY", "1");
+    world.env.set("ALLOCATOR_THREADS", "1");
+    world.env.set("QUEUE_TIMEOUT", "1s");
+    world.env.set("ALLOCATE_TIMEOUT", "30s");
+    world.env.set("ALLOCATE_RETRY_BUDGET", "30s");
+    world.env.set("SHUTDOWN_TIMEOUT", "1s");
+    world
+        .allocator
+        .state()
+        .script
+        .push_back(Reply::Hang(Duration::from_secs(30)));
+    // 1,100 matches of four 1,000-byte ticket ids: 4.4 MB of ids.
+    world.om.state().ticket_id_len = 1_000;
+    let tickets = world.players("us-east-1", 4 * 1_100);
+    let director = world.env.start();
+    wait_until(WAIT, "the backlog released", || {
+        world
+            .om
+            .state()
+            .releases
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+            >= tickets.len() - 8
+    });
+    let biggest = world
+        .om
+        .state()
+        .releases
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap();
+    assert!(biggest * 1_000 < 4 << 20, "a release of {biggest} tickets");
+    let accounting = final_accounting(&stop(director));
+    assert_eq!(accounting.abandoned, 0, "{accounting:?}");
+    assert_eq!(accounting.released, accounting.received);
+}
