@@ -117,6 +117,9 @@ pub struct OmFaults {
     /// AssignTickets and ReleaseTickets are received but never answered: they run into their
     /// deadlines, like calls to a hung backend.
     pub hang_writes: bool,
+    /// AssignTickets and ReleaseTickets take effect at once but are answered only after this
+    /// long, like calls to a slow but reachable backend.
+    pub slow_writes: Duration,
 }
 
 /// Everything the double knows and saw.
@@ -628,7 +631,7 @@ impl BackendService for Backend {
             return self.hold(sink);
         }
         let result = self.assign(request);
-        reply(ctx, sink, result);
+        self.reply_in_time(ctx, sink, result);
     }
 
     fn release_tickets(
@@ -663,7 +666,7 @@ impl BackendService for Backend {
         }
         state.releases.push(ids);
         drop(guard);
-        reply(ctx, sink, Ok(ReleaseTicketsResponse::new()));
+        self.reply_in_time(ctx, sink, Ok(ReleaseTicketsResponse::new()));
     }
 }
 
@@ -671,6 +674,27 @@ impl Backend {
     /// Whether calls are to hang (`faults.hang_writes`).
     fn hangs_writes(&self) -> bool {
         self.state.lock().unwrap().faults.hang_writes
+    }
+
+    /// Answers a write at once, or after `faults.slow_writes` (from a thread of its own, so that
+    /// the server goes on serving meanwhile).
+    fn reply_in_time<T: Send + 'static>(
+        &self,
+        ctx: RpcContext,
+        sink: UnarySink<T>,
+        result: Result<T, RpcStatus>,
+    ) {
+        let delay = self.state.lock().unwrap().faults.slow_writes;
+        if delay.is_zero() {
+            return reply(ctx, sink, result);
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = futures_executor::block_on(match result {
+                Ok(response) => sink.success(response),
+                Err(status) => sink.fail(status),
+            });
+        });
     }
 
     /// Keeps a call open without answering it.

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
+
 use super::services::Services;
 use crate::openmatch::OpenMatchClient;
 use crate::profiles::Profile;
@@ -60,6 +62,24 @@ impl Outcome {
             Outcome::Abandoned => "abandoned",
             Outcome::Backfill => "backfill",
         }
+    }
+}
+
+/// After the shutdown deadline: `jobs` and every match still in `queues` go back to the pool in as
+/// few ReleaseTickets calls as fit.
+pub(super) fn release_queued(
+    services: &Services,
+    openmatch: &OpenMatchClient,
+    policy: RetryPolicy,
+    mut jobs: Vec<MatchJob>,
+    queues: &[Receiver<MatchJob>],
+) {
+    for queued in queues.iter().flat_map(Receiver::try_iter) {
+        services.metrics.dequeued();
+        jobs.push(queued);
+    }
+    if !jobs.is_empty() {
+        release_and_count(services, openmatch, policy, &jobs, "shutting down");
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 pub use accounting::{Totals, ACCOUNTING_PREFIX};
 pub use fetcher::distinct_ticket_ids;
@@ -30,6 +30,7 @@ use crate::config::{Config, Timing};
 use crate::profiles::Profile;
 use crate::sync::Versioned;
 use fetcher::Fetcher;
+use job::release_queued;
 use region::Region;
 use worker::Worker;
 
@@ -93,6 +94,11 @@ impl Pipeline {
     pub fn run(self) -> std::io::Result<Totals> {
         let services = Arc::clone(&self.services);
         let assign_timeout = self.timing.assign_timeout;
+        let release = self.fetching.release;
+        // Besides the workers, only this thread holds the queues' receivers: to release what is
+        // queued the moment shutdown is forced, while the workers may still be in slow calls.
+        let queues: Vec<Receiver<MatchJob>> =
+            self.regions.values().map(|r| r.queue.1.clone()).collect();
         let (alive_tx, alive_rx) = crossbeam_channel::bounded::<()>(0);
         let threads = self.spawn_threads(&alive_tx)?;
         drop(alive_tx);
@@ -101,14 +107,18 @@ impl Pipeline {
         shutdown.wait_requested();
         services.health.stopping();
         let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
-        if alive_rx.recv_deadline(deadline) == Err(RecvTimeoutError::Timeout) {
-            log::warn!("Shutdown timeout reached: cancelling fetches and releasing queued matches");
-            shutdown.force();
-        }
+        let forced = alive_rx.recv_deadline(deadline) == Err(RecvTimeoutError::Timeout);
         // Forced: every call still running ends within one ASSIGN_TIMEOUT (releases are not
         // retried); past that, whatever Open Match or the allocator does, the Director stops
         // waiting.
         let last_call_ends = Instant::now() + assign_timeout + FINAL_ACCOUNTING_TIME;
+        if forced {
+            log::warn!("Shutdown timeout reached: cancelling fetches and releasing queued matches");
+            shutdown.force();
+            let (_, openmatch) = services.openmatch.current();
+            release_queued(&services, &openmatch, release, Vec::new(), &queues);
+        }
+        drop(queues);
         if alive_rx.recv_deadline(last_call_ends) == Err(RecvTimeoutError::Timeout) {
             return Ok(Totals::unfinished_abandoned(&services.metrics));
         }

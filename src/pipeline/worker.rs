@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use grpcio::RpcStatusCode;
 
-use super::job::{
-    release_and_count, release_matches, waited_past_queue_timeout, MatchJob, Outcome,
-};
+use super::job::{release_matches, release_queued, waited_past_queue_timeout, MatchJob, Outcome};
 use super::region::{AllocatorClients, Region};
 use super::services::{Services, WorkerSettings};
 use crate::allocator::{self, ForMatch, GameServer, UnusableGameServer};
@@ -84,7 +82,9 @@ impl Worker {
         self.services.metrics.dequeued();
         self.refresh_clients();
         if self.services.shutdown.is_forced() {
-            self.release_queued(job, queue);
+            let (services, openmatch) = (&self.services, &self.openmatch);
+            let queues = std::slice::from_ref(queue);
+            release_queued(services, openmatch, self.settings.assign, vec![job], queues);
             return;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(&job))).unwrap_or_else(|_| {
@@ -99,23 +99,6 @@ impl Worker {
             .matches_finished
             .inc(&[outcome.label()]);
         self.heartbeat.progress();
-    }
-
-    /// After the shutdown deadline: `job` and every match still queued go back to the pool in
-    /// one ReleaseTickets call.
-    fn release_queued(&self, job: MatchJob, queue: &Receiver<MatchJob>) {
-        let mut jobs = vec![job];
-        for queued in queue.try_iter() {
-            self.services.metrics.dequeued();
-            jobs.push(queued);
-        }
-        release_and_count(
-            &self.services,
-            &self.openmatch,
-            self.settings.assign,
-            &jobs,
-            "shutting down",
-        );
     }
 
     /// Between two matches: switches to a new Open Match client if there is one.

@@ -796,3 +796,31 @@ fn a_backlog_too_large_for_one_release_call_is_released_in_parts() {
     assert_eq!(accounting.abandoned, 0, "{accounting:?}");
     assert_eq!(accounting.released, accounting.received);
 }
+
+/// Forced shutdown with a slow but reachable Open Match: what is queued is released the moment
+/// shutdown is forced, not after each busy worker's slow call; nothing is abandoned.
+#[test]
+fn a_forced_shutdown_releases_the_queue_at_once_while_workers_finish_slow_calls() {
+    let mut world = World::new();
+    world.env.set("REGIONS", "us-east-1");
+    world.env.set("RANGES", "0-49");
+    world.env.set("ALLOCATOR_THREADS", "1");
+    world.env.set("QUEUE_CAPACITY", "8");
+    world.env.set("SHUTDOWN_TIMEOUT", "1s");
+    world.env.set("ASSIGN_TIMEOUT", "2s");
+    world.om.state().faults.slow_writes = Duration::from_millis(1_900);
+    let tickets = world.players("us-east-1", 4 * 8);
+    let mut director = world.env.start();
+    wait_until(WAIT, "the first assignment under way", || {
+        !world.om.state().assigns.is_empty()
+    });
+    director.terminate();
+    let status = director.wait_exit(Duration::from_secs(1 + 2 + 2));
+    assert_eq!(status.code(), Some(0));
+    let accounting = final_accounting(&director);
+    assert_eq!(accounting.abandoned, 0, "{accounting:?}");
+    assert_eq!(accounting.received, 8);
+    assert!(tickets
+        .iter()
+        .all(|t| world.om.state().ticket(t).status != TicketStatus::Pending));
+}
