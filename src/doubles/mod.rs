@@ -8,6 +8,7 @@ pub mod agones;
 pub mod certs;
 pub mod director;
 pub mod hostile;
+pub mod om_state;
 pub mod openmatch;
 pub mod server;
 pub mod tls;

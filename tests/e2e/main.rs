@@ -15,4 +15,5 @@ mod failures;
 mod image;
 mod operations;
 mod pipeline;
+mod promise;
 mod regions;
