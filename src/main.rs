@@ -136,7 +136,7 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
         );
     }
     log::info!(
-        "{} profiles ({}); interval {:?}; timeouts fetch {:?} allocate {:?} assign {:?}; retry budgets allocate {:?} assign {:?}; shutdown timeout {:?}; queue timeout {:?}; per region {} allocator threads on {} connections, queue {}",
+        "{} profiles ({}); interval {:?}; timeouts fetch {:?} allocate {:?} assign {:?}; retry budgets allocate {:?} assign {:?}; shutdown timeout {:?}; queue timeout {:?}; match deadline {:?} (Open Match's pending-release timeout {:?}); per region {} allocator threads on {} connections, queue {}",
         profiles.len(),
         profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         timing.interval,
@@ -147,6 +147,8 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
         timing.assign_retry_budget,
         timing.shutdown_timeout,
         timing.queue_timeout,
+        timing.match_deadline,
+        timing.pending_release_timeout,
         config.allocator_threads,
         config.allocator_connections,
         config.queue_capacity,
