@@ -5,7 +5,9 @@
 //! *why* mTLS fails when it does: unknown issuer, expired, not valid for the dialled name (with the
 //! names the certificate is valid for), or our client certificate rejected — with TLS 1.3 that
 //! rejection only arrives as an alert after the handshake, so the check sends the HTTP/2 preface and
-//! reads the answer. Finally it makes one harmless call to the Open Match backend.
+//! reads the answer. Then it makes one harmless call to the Open Match backend and, with leader
+//! election, reads the Lease and asks the API server, in dry runs, whether it may create and
+//! update it.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -22,11 +24,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme,
 };
 
-use crate::config::{Config, Endpoint, MappingConfig};
+use crate::config::{Config, Endpoint, LeaderElectionConfig, MappingConfig};
+use crate::kube::{ApiError, KubeClient, LeaseApi, LeaseRecord};
 use crate::openmatch::{self, OpenMatchClient};
 use crate::sync::lock;
 use crate::tls::{self, TlsMaterial};
@@ -107,6 +109,9 @@ pub fn run(config: &Config) -> Report {
         );
     }
     report.openmatch_answers(config);
+    if let Some(election) = &config.leader_election {
+        report.lease_access(election);
+    }
     report.line(if report.usable {
         "Result: everything is usable."
     } else {
@@ -303,6 +308,69 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Leader election: the API server reached, the Lease read, and dry runs of its create and
+    /// update, each failure naming the setting or the RBAC rule to fix.
+    fn lease_access(&mut self, election: &LeaderElectionConfig) {
+        self.line(&format!(
+            "Leader election: Lease {}/{} as {:?}, API server https://{}:",
+            election.namespace, election.lease, election.identity, election.api_server
+        ));
+        let client = KubeClient::new(election, STEP_TIMEOUT);
+        let explain = |verb: &str, error: ApiError| lease_problem(election, verb, error);
+        let lease = match client.get() {
+            Ok(lease) => lease,
+            Err(error) => return self.fail(&explain("get", error)),
+        };
+        match &lease {
+            None => self.ok("may read the Lease (it does not exist yet)"),
+            Some(lease) if lease.record.holder.is_empty() => {
+                self.ok("may read the Lease (no holder)")
+            }
+            Some(lease) => self.ok(&format!(
+                "may read the Lease (held by {:?}, renewed {})",
+                lease.record.holder, lease.record.renew_time
+            )),
+        }
+        let record = LeaseRecord {
+            holder: election.identity.clone(),
+            duration_seconds: election.lease_duration.as_secs(),
+            ..LeaseRecord::default()
+        };
+        match client.may_create(&record) {
+            Ok(()) => self.ok("may create the Lease (dry run)"),
+            Err(error) => self.fail(&explain("create", error)),
+        }
+        if let Some(lease) = &lease {
+            match client.may_update(lease) {
+                Ok(()) => self.ok("may update the Lease (dry run)"),
+                Err(error) => self.fail(&explain("update", error)),
+            }
+        }
+    }
+}
+
+/// What to fix when `verb` on the Lease failed with `error`.
+fn lease_problem(election: &LeaderElectionConfig, verb: &str, error: ApiError) -> String {
+    match error {
+        ApiError::Status(401, message) => format!(
+            "the API server rejects the token in SERVICE_ACCOUNT_DIR ({}): {message}",
+            election.token_file.display()
+        ),
+        ApiError::Status(403, message) => format!(
+            "{verb} is forbidden: {message}. The service account needs a Role with apiGroups [coordination.k8s.io], resources [leases], verbs [get, create, update] in namespace {:?} (LEADER_ELECTION_NAMESPACE), bound to it by a RoleBinding",
+            election.namespace
+        ),
+        ApiError::Status(code, message) => {
+            format!("{verb} the Lease: the API server answered {code}: {message}")
+        }
+        ApiError::Transport(why) => format!(
+            "cannot reach the API server at {} (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT), or it is not trusted by the ca.crt of SERVICE_ACCOUNT_DIR: {why}",
+            election.api_server
+        ),
+    }
+}
+
 fn connect(endpoint: &Endpoint) -> Result<TcpStream, String> {
     let target = endpoint.target();
     let addresses: Vec<_> = (endpoint.host.as_str(), endpoint.port)
@@ -469,15 +537,7 @@ struct Probe {
 impl Probe {
     fn new(material: &TlsMaterial, name: &str) -> Result<Probe, String> {
         let provider = Arc::new(ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&material.ca.pem).flatten() {
-            roots.add(cert).map_err(|e| {
-                format!(
-                    "{}: not a usable CA certificate: {e}",
-                    material.ca.path.display()
-                )
-            })?;
-        }
+        let roots = tls::root_store(&material.ca);
         let inner =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                 .build()

@@ -2,9 +2,10 @@
 //!
 //! *Live*: every fetcher and worker thread is running and has either made progress within its
 //! limit (its longest legitimate call chain plus a margin) or is waiting for work (the interval,
-//! an empty queue, a full queue). *Ready*: the latest FetchMatches of every profile succeeded, and
-//! at least one region can allocate: one of its allocator channels is connected and its circuit
-//! breaker is closed.
+//! an empty queue, a full queue). *Ready*: the latest FetchMatches of every profile succeeded (a
+//! standby of leader election, which does not fetch, skips this), and at least one region can
+//! allocate: one of its allocator channels is connected and its circuit breaker is closed. A warm
+//! standby is ready, so that a rollout can go on while it waits for the Lease.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,16 +181,19 @@ impl Health {
         }
     }
 
-    /// Readiness: `Ok` with a summary, or `Err` with every problem.
-    pub fn readiness(&self) -> Result<String, String> {
+    /// Readiness: `Ok` with a summary, or `Err` with every problem. A `standby` (leader election,
+    /// another replica leads) is not expected to have fetched.
+    pub fn readiness(&self, standby: bool) -> Result<String, String> {
         let mut problems = Vec::new();
         let last_fetch = lock(&self.last_fetch);
-        if last_fetch.is_empty() {
-            problems.push("no FetchMatches has finished yet".to_string());
-        }
-        for (profile, result) in last_fetch.iter() {
-            if let Err(error) = result {
-                problems.push(format!("last FetchMatches for {profile} failed: {error}"));
+        if !standby {
+            if last_fetch.is_empty() {
+                problems.push("no FetchMatches has finished yet".to_string());
+            }
+            for (profile, result) in last_fetch.iter() {
+                if let Err(error) = result {
+                    problems.push(format!("last FetchMatches for {profile} failed: {error}"));
+                }
             }
         }
         let allocators = self.allocators();
@@ -207,9 +211,13 @@ impl Health {
             } else {
                 format!("; regions down: {}", down.join("; "))
             };
+            let fetching = if standby {
+                "standby (another replica leads)".to_string()
+            } else {
+                format!("{} profiles fetched", last_fetch.len())
+            };
             Ok(format!(
-                "ok: {} profiles fetched, {ready}/{} regions can allocate{down}\n",
-                last_fetch.len(),
+                "ok: {fetching}, {ready}/{} regions can allocate{down}\n",
                 allocators.len()
             ))
         } else {
@@ -252,13 +260,16 @@ mod tests {
     fn not_ready_until_fetches_succeed() {
         let health = Health::new();
         assert!(health
-            .readiness()
+            .readiness(false)
             .unwrap_err()
             .contains("no FetchMatches has finished yet"));
         health.fetch_finished("p", Err("UNAVAILABLE: down".into()));
         assert!(health
-            .readiness()
+            .readiness(false)
             .unwrap_err()
             .contains("last FetchMatches for p failed: UNAVAILABLE: down"));
+        let standby = health.readiness(true).unwrap_err();
+        assert!(!standby.contains("FetchMatches"), "{standby}");
+        assert!(standby.contains("no region can allocate"), "{standby}");
     }
 }

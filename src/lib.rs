@@ -12,9 +12,11 @@ pub mod circuit;
 pub mod config;
 #[cfg(any(test, feature = "sim"))]
 pub mod doubles;
+pub mod election;
 pub mod flags;
 pub mod health;
 pub mod http;
+pub mod kube;
 pub mod mapping;
 pub mod metrics;
 pub mod names;

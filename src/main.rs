@@ -87,6 +87,7 @@ fn run(args: &[String]) -> ExitCode {
     config.warnings.iter().for_each(|w| log::warn!("{w}"));
     let profiles = build_profiles(&config.profiles);
     log_summary(&config, &profiles);
+    log_election(&config);
 
     let shutdown = Shutdown::new(config.timing.shutdown_timeout);
     if let Err(error) = shutdown.install_signal_handler() {
@@ -153,6 +154,22 @@ fn log_summary(config: &Config, profiles: &[Profile]) {
         config.allocator_connections,
         config.queue_capacity,
     );
+}
+
+fn log_election(config: &Config) {
+    match &config.leader_election {
+        None => log::info!("No leader election (LEADER_ELECTION_LEASE unset): this replica fetches"),
+        Some(election) => log::info!(
+            "Leader election on Lease {}/{} as {:?} at https://{}: lease duration {:?}, renew deadline {:?}, retry period {:?}; a standby until it holds the Lease",
+            election.namespace,
+            election.lease,
+            election.identity,
+            election.api_server,
+            election.lease_duration,
+            election.renew_deadline,
+            election.retry_period,
+        ),
+    }
 }
 
 fn log_totals(totals: &Totals) {

@@ -202,6 +202,10 @@ pub struct Metrics {
     pub assignment_failures: Family,
     /// Game servers allocated but left without players.
     pub orphaned_game_servers: Counter,
+    /// 1 while this replica leads (may fetch), else 0 (LEADER_ELECTION_LEASE).
+    pub leader: Family,
+    /// Times this replica became or stopped being the leader.
+    pub leader_transitions: Counter,
     /// Time from a match coming off the stream to its tickets being assigned.
     pub match_to_assignment: Histogram,
     /// Certificate reloads, by endpoint and result.
@@ -283,6 +287,15 @@ impl Metrics {
                 "director_assignment_failures_total",
                 "Tickets AssignTickets reported as not assigned (ticket_not_found, unknown), and AssignTickets calls that failed (rpc_error).",
                 &["cause"],
+            ),
+            leader: Family::new(
+                "director_leader",
+                "1 while this replica holds the leader election Lease and fetches matches, else 0.",
+                &[],
+            ),
+            leader_transitions: Counter::new(
+                "director_leader_transitions_total",
+                "Times this replica became the leader or stopped being it.",
             ),
             orphaned_game_servers: Counter::new(
                 "director_orphaned_game_servers_total",
@@ -375,6 +388,8 @@ impl Metrics {
         self.tickets_released.render(&mut out);
         self.assignment_failures.render(&mut out, "counter");
         self.orphaned_game_servers.render(&mut out);
+        self.leader.render(&mut out, "gauge");
+        self.leader_transitions.render(&mut out);
         self.match_to_assignment.render(&mut out);
         self.certificate_reloads.render(&mut out, "counter");
         self.region_circuit_open.render(&mut out, "gauge");
@@ -420,6 +435,9 @@ fn label_set(names: &[&str], values: &[String]) -> String {
         .zip(values)
         .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
         .collect();
+    if pairs.is_empty() {
+        return String::new();
+    }
     format!("{{{}}}", pairs.join(","))
 }
 

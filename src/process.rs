@@ -1,6 +1,7 @@
 //! The Director's process: the pipeline and everything around it. It starts the file watcher
-//! (certificates and mappings, with the reloads that renew channels), the retry summary, and the
-//! operations listener, then runs the pipeline until shutdown.
+//! (certificates and mappings, with the reloads that renew channels), the retry summary, the
+//! operations listener and, with LEADER_ELECTION_LEASE, the election; then runs the pipeline until
+//! shutdown, and gives the Lease up once the work is drained.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use grpcio::{EnvBuilder, Environment};
 
 use crate::config::Config;
+use crate::election;
 use crate::http::{self, Response};
 use crate::mapping::{MappingWatch, Mappings};
 use crate::openmatch::{self, OpenMatchClient};
@@ -60,7 +62,19 @@ pub fn run(
             .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {address}: {e}")))?;
         log::info!("Serving /metrics, /healthz and /readyz on http://{bound}");
     }
-    pipeline.run()
+    let election = match &config.leader_election {
+        Some(settings) => Some(election::start(
+            settings,
+            Arc::clone(&services.leadership),
+            Arc::clone(&services.metrics),
+        )?),
+        None => None,
+    };
+    let totals = pipeline.run();
+    if let Some(election) = election {
+        election.stop();
+    }
+    totals
 }
 
 /// A region's name and its allocator channels, renewed together after a certificate change.
@@ -164,7 +178,7 @@ fn operations_handler(services: &Arc<Services>) -> Arc<http::Handler> {
             Response::metrics(services.metrics.render())
         }
         "/healthz" => probe(services.health.liveness()),
-        "/readyz" => probe(services.health.readiness()),
+        "/readyz" => probe(services.health.readiness(!services.leadership.may_fetch())),
         _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n".into()),
     })
 }

@@ -94,6 +94,15 @@ pub struct IdentityProblem {
     pub message: String,
 }
 
+/// The trust anchors of a CA bundle that [`load_ca`] accepted.
+pub fn root_store(ca: &PemFile) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca.pem).flatten() {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
 /// Reads a CA bundle and checks, with webpki, that every certificate in it can be a trust anchor.
 pub fn load_ca(path: &Path) -> Result<PemFile, String> {
     let pem = read_pem_file(path)?;

@@ -207,8 +207,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn format_utc(unix: i64) -> String {
+/// Unix seconds as the date and time in UTC: year, month, day, hour, minute, second.
+fn civil(unix: i64) -> [i64; 6] {
     let days = unix.div_euclid(86_400);
     let seconds = unix.rem_euclid(86_400);
     let era = (days + 719_468).div_euclid(146_097);
@@ -224,11 +224,31 @@ pub fn format_utc(unix: i64) -> String {
         month_index - 9
     };
     let year = era * 400 + year_of_era + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+    [
+        year,
+        month,
+        day,
         seconds / 3_600,
         seconds % 3_600 / 60,
-        seconds % 60
+        seconds % 60,
+    ]
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_utc(unix: i64) -> String {
+    let [year, month, day, hour, minute, second] = civil(unix);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
+}
+
+/// `time` as a Kubernetes MicroTime: RFC 3339 in UTC with six fractional digits
+/// (`2026-12-02T16:00:00.123456Z`).
+pub fn micro_time(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let unix = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
+    let [year, month, day, hour, minute, second] = civil(unix);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:06}Z",
+        since.subsec_micros()
     )
 }
 
@@ -242,6 +262,13 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_time_has_six_fractional_digits_in_utc() {
+        let time = UNIX_EPOCH + std::time::Duration::from_micros(1_796_227_200_123_456);
+        assert_eq!(micro_time(time), "2026-12-02T16:00:00.123456Z");
+        assert_eq!(micro_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+    }
     use rcgen::{CertificateParams, KeyPair};
 
     fn certificate(names: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> Vec<u8> {

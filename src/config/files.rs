@@ -10,7 +10,7 @@ use super::MappingConfig;
 use crate::mapping;
 use crate::proto::allocation::AllocationRequest;
 use crate::request_template;
-use crate::tls::{self, TlsMaterial};
+use crate::tls::{self, PemFile, TlsMaterial};
 
 /// `GA_MAPPING_DIR`: the Global Accelerator mapping of every region in `dir`, loaded now.
 pub(super) fn load_mapping(
@@ -52,6 +52,35 @@ pub(super) fn load_request_template(r: &mut Reader, path: &str) -> Option<Alloca
                 r.problem("ALLOCATION_REQUEST_FILE", &format!("{path}: {problem}"));
             }
             None
+        }
+    }
+}
+
+/// The service account's `ca.crt` in `dir` (SERVICE_ACCOUNT_DIR).
+pub(super) fn load_service_account_ca(r: &mut Reader, dir: &Path) -> Option<PemFile> {
+    tls::load_ca(&dir.join("ca.crt"))
+        .map_err(|why| r.problem("SERVICE_ACCOUNT_DIR", &why))
+        .ok()
+}
+
+/// The trimmed text of the service account's file `name` in `dir`; a problem under `variable`
+/// when it cannot be read or is empty.
+pub(super) fn read_service_account_file(
+    r: &mut Reader,
+    dir: &Path,
+    name: &str,
+    variable: &str,
+) -> String {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
+        Ok(_) => {
+            r.problem(variable, &format!("{} is empty", path.display()));
+            String::new()
+        }
+        Err(e) => {
+            r.problem(variable, &format!("cannot read {}: {e}", path.display()));
+            String::new()
         }
     }
 }

@@ -130,6 +130,30 @@ impl AgonesConfig {
     }
 }
 
+/// Leader election on a Kubernetes Lease: which Lease, who this replica is, the timings, and the
+/// API server with the service account's CA and token.
+#[derive(Debug)]
+pub struct LeaderElectionConfig {
+    /// LEADER_ELECTION_LEASE: the Lease's name.
+    pub lease: String,
+    /// LEADER_ELECTION_NAMESPACE, else the service account's namespace.
+    pub namespace: String,
+    /// POD_NAME, else the host name: this replica's identity in the Lease.
+    pub identity: String,
+    /// LEASE_DURATION: how long a holder may go without renewing before another takes over.
+    pub lease_duration: Duration,
+    /// LEASE_RENEW_DEADLINE: a leader that has not renewed for this long stops fetching.
+    pub renew_deadline: Duration,
+    /// LEASE_RETRY_PERIOD: how often to try to take or renew the Lease; each request's deadline.
+    pub retry_period: Duration,
+    /// `host:port` of the API server (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT).
+    pub api_server: String,
+    /// The service account's `ca.crt`.
+    pub api_ca: crate::tls::PemFile,
+    /// The service account's `token`, read for every request.
+    pub token_file: PathBuf,
+}
+
 /// Which profiles to fetch matches for.
 #[derive(Debug)]
 pub struct ProfileConfig {
@@ -196,6 +220,8 @@ pub struct Config {
     pub cert_reload_interval: Duration,
     /// Where the metrics and health HTTP listener binds; `None` disables it.
     pub metrics_addr: Option<SocketAddr>,
+    /// LEADER_ELECTION_LEASE: leader election, or `None` (every replica fetches).
+    pub leader_election: Option<LeaderElectionConfig>,
     /// Things worth a warning at start-up (deprecated variable names).
     pub warnings: Vec<String>,
 }

@@ -3,21 +3,25 @@
 //! configuration is returned only when there is none.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::files::{load_mapping, load_request_template, load_tls, load_tls_dir};
+use super::files::{
+    load_mapping, load_request_template, load_service_account_ca, load_tls, load_tls_dir,
+    read_service_account_file,
+};
 use super::parse::{
     count, non_zero, overlap, parse_band_list, parse_bands, parse_bool, parse_duration,
     parse_host_port, parse_port, parse_rate_limit, parse_regions,
 };
 use super::reader::Reader;
 use super::{
-    AddressSource, AgonesConfig, AllocatorTarget, Config, ConfigErrors, Endpoint, OpenMatchConfig,
-    Origin, ProfileConfig, Timing, DEFAULT_BACKFILL_ID_ANNOTATION, RELEASE_MARGIN,
+    host_port, AddressSource, AgonesConfig, AllocatorTarget, Config, ConfigErrors, Endpoint,
+    LeaderElectionConfig, OpenMatchConfig, Origin, ProfileConfig, Timing,
+    DEFAULT_BACKFILL_ID_ANNOTATION, RELEASE_MARGIN,
 };
-use crate::names::{is_label_key, is_namespace};
+use crate::names::{is_dns_name, is_label_key, is_namespace};
 use crate::tls::TlsMaterial;
 
 /// The whole configuration through `lookup`, with the checks of `origin`, or every problem.
@@ -46,6 +50,7 @@ pub(super) fn config(
         cert_reload_interval: r.parsed("CERT_RELOAD_INTERVAL", "10s", |s| {
             parse_duration(s).and_then(non_zero)
         }),
+        leader_election: read_leader_election(&mut r),
         warnings: Vec::new(),
     };
     if !r.problems.is_empty() {
@@ -309,6 +314,87 @@ fn read_profiles(r: &mut Reader) -> ProfileConfig {
         bands,
         tag,
     }
+}
+
+/// `LEADER_ELECTION_LEASE` (optional) and what goes with it; `None` when unset (or when a
+/// problem was recorded).
+fn read_leader_election(r: &mut Reader) -> Option<LeaderElectionConfig> {
+    let lease = r.optional("LEADER_ELECTION_LEASE")?;
+    let problems_before = r.problems.len();
+    if !is_dns_name(&lease) || lease.bytes().any(|b| b.is_ascii_uppercase()) {
+        r.problem(
+            "LEADER_ELECTION_LEASE",
+            &format!("{lease:?} is not a Lease name (a lower-case DNS name)"),
+        );
+    }
+    let dir = PathBuf::from(r.string("SERVICE_ACCOUNT_DIR", SERVICE_ACCOUNT_DIR));
+    let namespace = match r.optional("LEADER_ELECTION_NAMESPACE") {
+        Some(namespace) => namespace,
+        None => read_service_account_file(r, &dir, "namespace", "LEADER_ELECTION_NAMESPACE"),
+    };
+    if !namespace.is_empty() && !is_namespace(&namespace) {
+        r.problem(
+            "LEADER_ELECTION_NAMESPACE",
+            &format!("{namespace:?} is not a Kubernetes namespace name"),
+        );
+    }
+    let identity = r.optional("POD_NAME").unwrap_or_else(host_name);
+    let positive = |s: &str| parse_duration(s).and_then(non_zero);
+    let lease_duration = r.parsed("LEASE_DURATION", "15s", positive);
+    let renew_deadline = r.parsed("LEASE_RENEW_DEADLINE", "10s", positive);
+    let retry_period = r.parsed("LEASE_RETRY_PERIOD", "2s", positive);
+    if lease_duration.subsec_nanos() != 0 {
+        r.problem(
+            "LEASE_DURATION",
+            &format!("{lease_duration:?} is not a whole number of seconds (a Lease holds seconds)"),
+        );
+    }
+    if !(lease_duration > renew_deadline && renew_deadline > retry_period.mul_f64(1.2)) {
+        r.problem(
+            "LEASE_DURATION",
+            &format!("{lease_duration:?} must be longer than LEASE_RENEW_DEADLINE ({renew_deadline:?}), and that longer than 1.2 × LEASE_RETRY_PERIOD ({retry_period:?}), as in client-go"),
+        );
+    }
+    let host = r.optional("KUBERNETES_SERVICE_HOST");
+    match &host {
+        None => r.problem(
+            "KUBERNETES_SERVICE_HOST",
+            "is not set: leader election needs the API server (the kubelet sets it in every pod)",
+        ),
+        Some(host) if host.parse::<IpAddr>().is_err() && !is_dns_name(host) => r.problem(
+            "KUBERNETES_SERVICE_HOST",
+            &format!("{host:?} is neither an IP address nor a DNS name"),
+        ),
+        Some(_) => {}
+    }
+    let port = r.parsed("KUBERNETES_SERVICE_PORT", "443", parse_port);
+    let ca = load_service_account_ca(r, &dir);
+    let token_file = dir.join("token");
+    read_service_account_file(r, &dir, "token", "SERVICE_ACCOUNT_DIR");
+    if r.problems.len() > problems_before {
+        return None;
+    }
+    Some(LeaderElectionConfig {
+        lease,
+        namespace,
+        identity,
+        lease_duration,
+        renew_deadline,
+        retry_period,
+        api_server: host_port(&host?, port),
+        api_ca: ca?,
+        token_file,
+    })
+}
+
+/// Where Kubernetes mounts a pod's service account.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// This machine's host name (a pod's is its name), for POD_NAME's default.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "director".to_string())
 }
 
 fn read_timing(r: &mut Reader) -> Timing {

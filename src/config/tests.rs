@@ -525,6 +525,89 @@ fn secrets_do_not_appear_in_debug_output() {
     assert!(debug.contains("<redacted>"));
 }
 
+/// `fixture` with leader election on: the service account's `token` and `namespace` beside its
+/// `ca.crt`, and the API server's address.
+fn with_lease(fixture: Fixture) -> Fixture {
+    fixture.dir.write("token", "service-account-token\n");
+    fixture.dir.write("namespace", "games\n");
+    let dir = fixture.dir.path().display().to_string();
+    fixture
+        .set("LEADER_ELECTION_LEASE", "director")
+        .set("SERVICE_ACCOUNT_DIR", &dir)
+        .set("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+}
+
+#[test]
+fn leader_election_is_off_without_a_lease_and_has_client_gos_defaults() {
+    assert!(Fixture::new().load().unwrap().leader_election.is_none());
+    let fixture = with_lease(Fixture::new()).set("POD_NAME", "director-7d9f-x2x");
+    let election = fixture.load().unwrap().leader_election.unwrap();
+    assert_eq!(election.lease, "director");
+    assert_eq!(
+        election.namespace, "games",
+        "the service account's namespace"
+    );
+    assert_eq!(election.identity, "director-7d9f-x2x");
+    let s = Duration::from_secs;
+    assert_eq!(
+        (
+            election.lease_duration,
+            election.renew_deadline,
+            election.retry_period
+        ),
+        (s(15), s(10), s(2))
+    );
+    assert_eq!(election.api_server, "10.96.0.1:443");
+    assert_eq!(election.token_file, fixture.dir.path().join("token"));
+    let debug = format!("{election:?}");
+    assert!(!debug.contains("service-account-token"), "{debug}");
+    let ipv6 = with_lease(Fixture::new())
+        .set("KUBERNETES_SERVICE_HOST", "fd00::1")
+        .set("KUBERNETES_SERVICE_PORT", "6443")
+        .set("LEADER_ELECTION_NAMESPACE", "matchmaking");
+    let election = ipv6.load().unwrap().leader_election.unwrap();
+    assert_eq!(election.api_server, "[fd00::1]:6443");
+    assert_eq!(election.namespace, "matchmaking");
+}
+
+#[test]
+fn every_leader_election_problem_is_named_at_once() {
+    let empty = TempDir::new("no-service-account");
+    let problems = Fixture::new()
+        .set("LEADER_ELECTION_LEASE", "Director Lease")
+        .set("SERVICE_ACCOUNT_DIR", &empty.path().display().to_string())
+        .set("LEASE_DURATION", "10500ms")
+        .set("LEASE_RENEW_DEADLINE", "11s")
+        .problems();
+    let named: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "LEADER_ELECTION_LEASE",
+            "LEADER_ELECTION_NAMESPACE",
+            "LEASE_DURATION",
+            "LEASE_DURATION",
+            "KUBERNETES_SERVICE_HOST",
+            "SERVICE_ACCOUNT_DIR",
+            "SERVICE_ACCOUNT_DIR",
+        ],
+        "{problems:#?}"
+    );
+    let text = problems.join("\n");
+    for needle in [
+        "is not a whole number of seconds",
+        "longer than 1.2 × LEASE_RETRY_PERIOD",
+        "namespace",
+        "ca.crt",
+        "token",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+}
+
 /// Every variable the Director reads that takes a value of its own syntax.
 const FUZZED: &[&str] = &[
     "OPENMATCH_BACKEND_ADDR",
@@ -552,6 +635,13 @@ const FUZZED: &[&str] = &[
     "BACKFILL_ID_ANNOTATION",
     "MATCH_DEADLINE",
     "OPENMATCH_PENDING_RELEASE_TIMEOUT",
+    "LEADER_ELECTION_LEASE",
+    "LEADER_ELECTION_NAMESPACE",
+    "LEASE_DURATION",
+    "LEASE_RENEW_DEADLINE",
+    "LEASE_RETRY_PERIOD",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
 ];
 
 /// Text that looks like configuration values: digits, units, separators, and anything else.
@@ -573,8 +663,8 @@ mod fuzz {
         fn any_values_give_a_config_or_errors_naming_their_variable(
             values in proptest::collection::vec(value(), FUZZED.len())
         ) {
-            let fixture = Fixture::new();
-        let mut vars = fixture.vars.clone();
+            let fixture = with_lease(Fixture::new());
+            let mut vars = fixture.vars.clone();
             for (name, value) in FUZZED.iter().zip(&values) {
                 vars.insert(name.to_string(), value.clone());
             }

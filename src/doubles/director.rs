@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::agones::AgonesPki;
+use super::apiserver::{FakeApiServer, ServiceAccount};
 use super::certs::TempDir;
 use super::wait::wait_until;
 
@@ -69,6 +70,18 @@ impl DirectorEnv {
         for (key, value) in settings {
             self.set(key, *value);
         }
+    }
+
+    /// Leader election on Lease `lease` of the API server double `api`: a service account
+    /// volume (the double's CA, `token`, namespace `games`) and the variables that find it.
+    /// Returns the volume, so that a test can rotate the token.
+    pub fn elect_on(&mut self, api: &FakeApiServer, lease: &str, token: &str) -> ServiceAccount {
+        let account = ServiceAccount::new(self.dir.path().join("serviceaccount"), api, token);
+        self.set("LEADER_ELECTION_LEASE", lease);
+        self.set("SERVICE_ACCOUNT_DIR", path(&account.dir));
+        self.set("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+        self.set("KUBERNETES_SERVICE_PORT", api.port.to_string());
+        account
     }
 
     /// Runs the binary with its log captured (and echoed, each line marked `director|`).
@@ -217,6 +230,12 @@ impl Director {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process at once (SIGKILL), as a node failure would, and waits for it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait for the killed director");
     }
 
     /// Sends SIGTERM.

@@ -116,6 +116,9 @@ pub struct OmState {
     pub tickets: Vec<PoolTicket>,
     /// Every FetchMatches request (when `keep_requests`).
     pub fetches: Vec<FetchMatchesRequest>,
+    /// When each FetchMatches request arrived, with the match function host it named (when
+    /// `keep_requests`).
+    pub fetch_times: Vec<(Instant, String)>,
     /// Every match handed out, by id.
     pub matches: HashMap<String, IssuedMatch>,
     /// How many of them got an AssignTickets.

@@ -182,6 +182,8 @@ impl Backend {
         let mut state = self.state.lock().unwrap();
         if state.keep_requests {
             state.fetches.push(request.clone());
+            let host = request.get_config().get_host().to_string();
+            state.fetch_times.push((Instant::now(), host));
         }
         state.expire_pending();
         let profile = request.get_profile();

@@ -105,8 +105,8 @@ impl Fetcher {
     /// Backpressure, applied before a FetchMatches call rather than during one: every match a
     /// stream carries is already pending in Open Match, so no stream starts while the queue is
     /// full, or while the region's circuit is open (its matches would only go back to the pool
-    /// at once; the fetch resumes when the circuit's probe is due). Returns `false` once shutdown
-    /// is requested.
+    /// at once; the fetch resumes when the circuit's probe is due). With leader election, no
+    /// stream starts while this replica is a standby. Returns `false` once shutdown is requested.
     fn wait_for_room(&self) -> bool {
         self.heartbeat.waiting(|| loop {
             if self.services.shutdown.is_requested() {
@@ -116,7 +116,8 @@ impl Fetcher {
                 .rate_limit
                 .as_ref()
                 .is_none_or(|limit| limit.wait_now() < self.settings.queue_timeout);
-            if !self.queue.is_full() && self.circuit.wants_matches() && turn_in_time {
+            let room = !self.queue.is_full() && self.circuit.wants_matches() && turn_in_time;
+            if room && self.services.leadership.may_fetch() {
                 return true;
             }
             select! {

@@ -8,6 +8,7 @@ use grpcio::Environment;
 
 use crate::allocator;
 use crate::config::{AgonesConfig, Config, Timing};
+use crate::election::Leadership;
 use crate::health::Health;
 use crate::mapping::Mappings;
 use crate::metrics::Metrics;
@@ -26,6 +27,8 @@ pub struct Services {
     pub health: Arc<Health>,
     /// The Open Match backend client, replaced when its certificates change.
     pub openmatch: Arc<Versioned<OpenMatchClient>>,
+    /// Whether this replica may fetch now (always, without LEADER_ELECTION_LEASE).
+    pub leadership: Arc<Leadership>,
 }
 
 impl Services {
@@ -44,6 +47,9 @@ impl Services {
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::new()),
             openmatch: Arc::new(Versioned::new(openmatch)),
+            leadership: Arc::new(Leadership::new(
+                config.leader_election.as_ref().map(|e| e.renew_deadline),
+            )),
         }
     }
 }

@@ -1,8 +1,10 @@
-//! `director check` against the doubles: a good setup and each way mTLS to the allocator fails.
+//! `director check` against the doubles: a good setup, each way mTLS to the allocator fails, and
+//! the Lease's access with leader election.
 
 use std::net::TcpListener;
 
-use crate::common::World;
+use crate::common::{stop, wait_until, World, WAIT};
+use agones_openmatch_director::doubles::apiserver::FakeApiServer;
 use agones_openmatch_director::doubles::certs::{TestCa, Usage};
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
@@ -174,5 +176,80 @@ fn a_server_that_never_answers_is_reported_as_hung_not_as_a_rejection() {
     assert!(
         !report.contains("rejected our client certificate"),
         "{report}"
+    );
+}
+
+/// A world with leader election on Lease `director` of a fresh API-server double that accepts
+/// `token-1`.
+fn world_with_lease() -> (World, FakeApiServer) {
+    let mut world = World::new();
+    let api = FakeApiServer::start("token-1");
+    world.env.elect_on(&api, "director", "token-1");
+    (world, api)
+}
+
+#[test]
+fn the_lease_may_be_read_created_and_updated_in_dry_runs_only() {
+    let (world, api) = world_with_lease();
+    let (code, report) = world.env.check();
+    assert_eq!(code, Some(0), "{report}");
+    for text in [
+        "Leader election: Lease games/director as ",
+        "ok    may read the Lease (it does not exist yet)",
+        "ok    may create the Lease (dry run)",
+    ] {
+        assert!(report.contains(text), "missing {text:?} in:\n{report}");
+    }
+    assert!(api.state().leases.is_empty(), "a dry run stores nothing");
+    let dry_runs = api
+        .state()
+        .requests
+        .iter()
+        .filter(|r| r.path.ends_with("?dryRun=All"))
+        .count();
+    assert_eq!(dry_runs, 1);
+    let director = world.env.start();
+    wait_until(WAIT, "the director to hold the Lease", || {
+        !api.state().leases.is_empty()
+    });
+    stop(director);
+    let (code, report) = world.env.check();
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("ok    may update the Lease (dry run)"),
+        "{report}"
+    );
+    assert_eq!(api.state().holder("games", "director").as_deref(), Some(""));
+}
+
+#[test]
+fn a_missing_lease_permission_names_the_rbac_rule() {
+    let (world, api) = world_with_lease();
+    api.state().verbs = vec!["get".into()];
+    assert_fails_with(
+        &world,
+        &[
+            "ok    may read the Lease",
+            "FAIL  create is forbidden: ",
+            "needs a Role with apiGroups [coordination.k8s.io], resources [leases], verbs [get, create, update] in namespace \"games\" (LEADER_ELECTION_NAMESPACE)",
+        ],
+    );
+}
+
+#[test]
+fn an_untrusted_api_server_or_a_refused_token_names_the_setting() {
+    let (mut world, api) = world_with_lease();
+    api.state().tokens = vec!["another-token".into()];
+    assert_fails_with(
+        &world,
+        &["FAIL  the API server rejects the token in SERVICE_ACCOUNT_DIR"],
+    );
+    let other = FakeApiServer::start("token-1");
+    world
+        .env
+        .set("KUBERNETES_SERVICE_PORT", other.port.to_string());
+    assert_fails_with(
+        &world,
+        &["FAIL  cannot reach the API server at 127.0.0.1:", "(KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT), or it is not trusted by the ca.crt of SERVICE_ACCOUNT_DIR", "invalid peer certificate"],
     );
 }

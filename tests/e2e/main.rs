@@ -1,6 +1,6 @@
-//! The integration tests, one binary: the real `director` binary against the in-process gRPC
-//! doubles of Open Match and the Agones allocator (`agones_openmatch_director::doubles`), with
-//! mTLS certificates generated at test time.
+//! The integration tests, one binary: the real `director` binary against the in-process doubles
+//! of Open Match and the Agones allocator (gRPC) and of the Kubernetes API server (HTTPS)
+//! (`agones_openmatch_director::doubles`), with certificates generated at test time.
 //!
 //! `common` is what the scenario groups share; every other module is a group of scenarios.
 
@@ -11,6 +11,7 @@ mod architecture;
 mod backfill;
 mod check;
 mod dropin;
+mod election;
 mod failures;
 mod image;
 mod operations;

@@ -1,0 +1,444 @@
+//! Leader election on a Kubernetes Lease (LEADER_ELECTION_LEASE), as client-go's `leaderelection`
+//! with a LeaseLock does it: only the leader's fetchers call FetchMatches; a standby is fully warm
+//! and takes the Lease over when the leader stops renewing it.
+//!
+//! Safety: a Lease held by another replica counts as valid until `leaseDurationSeconds` after this
+//! replica *saw* it change (its own clock, not the holder's `renewTime`), and a leader that has
+//! not renewed for LEASE_RENEW_DEADLINE stops starting FetchMatches at once. So two replicas never
+//! fetch at the same time, as long as their clocks run at about the same rate (the gap between
+//! LEASE_DURATION and LEASE_RENEW_DEADLINE is the margin).
+
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, Sender};
+
+use crate::config::LeaderElectionConfig;
+use crate::kube::{ApiError, KubeClient, Lease, LeaseApi, LeaseRecord};
+use crate::metrics::Metrics;
+use crate::sync::lock;
+use crate::x509::micro_time;
+
+/// Whether this replica may start FetchMatches now.
+#[derive(Debug)]
+pub struct Leadership {
+    /// LEASE_RENEW_DEADLINE; `None`: no election, always fetch.
+    renew_deadline: Option<Duration>,
+    /// When this replica last wrote the Lease as its holder; `None` while it is a standby.
+    renewed_at: Mutex<Option<Instant>>,
+}
+
+impl Leadership {
+    /// With LEASE_RENEW_DEADLINE when elections are on (`None`: every replica always fetches).
+    pub fn new(renew_deadline: Option<Duration>) -> Leadership {
+        Leadership {
+            renew_deadline,
+            renewed_at: Mutex::new(None),
+        }
+    }
+
+    /// Whether FetchMatches may start now: no election, or this replica holds the Lease and
+    /// renewed it less than LEASE_RENEW_DEADLINE ago.
+    pub fn may_fetch(&self) -> bool {
+        let Some(deadline) = self.renew_deadline else {
+            return true;
+        };
+        lock(&self.renewed_at).is_some_and(|at| at.elapsed() < deadline)
+    }
+
+    /// Whether this replica counts itself the leader (it may be past its renew deadline).
+    pub fn is_leader(&self) -> bool {
+        lock(&self.renewed_at).is_some()
+    }
+
+    fn renewed(&self, at: Instant) {
+        *lock(&self.renewed_at) = Some(at);
+    }
+
+    fn stepped_down(&self) {
+        *lock(&self.renewed_at) = None;
+    }
+}
+
+/// One replica's side of the election, on `api`.
+pub struct Elector<A: LeaseApi> {
+    api: A,
+    identity: String,
+    lease_duration: Duration,
+    /// The Lease as last seen, and when this replica saw it change.
+    observed: Option<(Lease, Instant)>,
+}
+
+impl<A: LeaseApi> Elector<A> {
+    /// `identity`'s elector on `api`, writing `lease_duration` into the Lease.
+    pub fn new(api: A, identity: String, lease_duration: Duration) -> Elector<A> {
+        Elector {
+            api,
+            identity,
+            lease_duration,
+            observed: None,
+        }
+    }
+
+    /// One try, at `now` (this replica's clock) and `wall` (for the Lease's times), to take the
+    /// Lease or renew it: `Ok(true)` when this replica holds it now, `Ok(false)` when another
+    /// replica holds it (or wrote first).
+    pub fn try_acquire_or_renew(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<bool, ApiError> {
+        let mut record = LeaseRecord {
+            holder: self.identity.clone(),
+            duration_seconds: self.lease_duration.as_secs().max(1),
+            acquire_time: micro_time(wall),
+            renew_time: micro_time(wall),
+            transitions: 0,
+        };
+        let Some(lease) = self.api.get()? else {
+            return self.written(self.api.create(&record), now);
+        };
+        let changed = self
+            .observed
+            .as_ref()
+            .is_none_or(|(seen, _)| seen.resource_version != lease.resource_version);
+        if changed {
+            self.observed = Some((lease.clone(), now));
+        }
+        let seen_at = self.observed.as_ref().map_or(now, |(_, at)| *at);
+        let valid_until = seen_at + Duration::from_secs(lease.record.duration_seconds);
+        let holder = &lease.record.holder;
+        if !holder.is_empty() && *holder != self.identity && now < valid_until {
+            return Ok(false);
+        }
+        if *holder == self.identity {
+            record.acquire_time = lease.record.acquire_time.clone();
+            record.transitions = lease.record.transitions;
+        } else {
+            record.transitions = lease.record.transitions + 1;
+        }
+        self.written(self.api.update(&record, &lease.resource_version), now)
+    }
+
+    /// The result of a write: held on success, not held on a conflict (another replica wrote
+    /// first).
+    fn written(&mut self, result: Result<Lease, ApiError>, now: Instant) -> Result<bool, ApiError> {
+        match result {
+            Ok(lease) => {
+                self.observed = Some((lease, now));
+                Ok(true)
+            }
+            Err(ApiError::Status(409, _)) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The holder of the Lease as last seen (empty when released), if it was seen at all.
+    pub fn holder(&self) -> Option<&str> {
+        self.observed
+            .as_ref()
+            .map(|(lease, _)| lease.record.holder.as_str())
+    }
+
+    /// Gives the Lease up (holder cleared, a one-second duration) if this replica holds it, so
+    /// that a standby takes over at once.
+    pub fn release(&mut self, wall: SystemTime) -> Result<(), ApiError> {
+        let Some((lease, _)) = &self.observed else {
+            return Ok(());
+        };
+        if lease.record.holder != self.identity {
+            return Ok(());
+        }
+        let record = LeaseRecord {
+            holder: String::new(),
+            duration_seconds: 1,
+            acquire_time: micro_time(wall),
+            renew_time: micro_time(wall),
+            transitions: lease.record.transitions,
+        };
+        self.api
+            .update(&record, &lease.resource_version)
+            .map(|_| ())
+    }
+}
+
+/// The running election: stop it to give the Lease up.
+pub struct Election {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Election {
+    /// Ends the election; the leader gives the Lease up.
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the election thread of `config`: every LEASE_RETRY_PERIOD it takes or renews the Lease,
+/// and tells `leadership`; until [`Election::stop`], then it gives the Lease up.
+pub fn start(
+    config: &LeaderElectionConfig,
+    leadership: std::sync::Arc<Leadership>,
+    metrics: std::sync::Arc<Metrics>,
+) -> std::io::Result<Election> {
+    let client = KubeClient::new(config, config.retry_period);
+    let mut elector = Elector::new(client, config.identity.clone(), config.lease_duration);
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let (renew_deadline, retry_period) = (config.renew_deadline, config.retry_period);
+    let lease = format!("Lease {}/{}", config.namespace, config.lease);
+    let what = format!("{:?} on {lease}", config.identity);
+    metrics.leader.set(&[], 0);
+    let thread = std::thread::Builder::new()
+        .name("leader-election".into())
+        .spawn(move || {
+            let mut standing_by_for = String::new();
+            loop {
+                let now = Instant::now();
+                let held = elector.try_acquire_or_renew(now, SystemTime::now());
+                step(&leadership, &metrics, held, now, renew_deadline, &what);
+                let holder = elector.holder().unwrap_or_default();
+                if !leadership.is_leader() && !holder.is_empty() && holder != standing_by_for {
+                    log::info!("{lease} is held by {holder:?}: this replica is a warm standby, and takes over if the Lease is not renewed");
+                    standing_by_for = holder.to_string();
+                }
+                select! {
+                    recv(stopped) -> _ => break,
+                    default(retry_period) => {}
+                }
+            }
+            if leadership.is_leader() {
+                leadership.stepped_down();
+                metrics.leader.set(&[], 0);
+                match elector.release(SystemTime::now()) {
+                    Ok(()) => log::info!("Gave up the {lease}: a standby can take over at once"),
+                    Err(error) => log::warn!("Could not give up the {lease}: {error}; a standby takes over when it expires"),
+                }
+            }
+        })?;
+    Ok(Election { stop, thread })
+}
+
+/// What one try means for this replica: leader, standby, or a leader that has to step down.
+fn step(
+    leadership: &Leadership,
+    metrics: &Metrics,
+    held: Result<bool, ApiError>,
+    now: Instant,
+    renew_deadline: Duration,
+    what: &str,
+) {
+    let was_leader = leadership.is_leader();
+    match held {
+        Ok(true) => {
+            leadership.renewed(now);
+            if !was_leader {
+                metrics.leader.set(&[], 1);
+                metrics.leader_transitions.add(1);
+                log::info!("This replica is now the leader ({what}): fetching matches");
+            }
+            return;
+        }
+        Ok(false) if was_leader => {
+            stop_leading(leadership, metrics, what, "another replica holds the Lease");
+            return;
+        }
+        Ok(false) => return,
+        Err(ApiError::Status(403, message)) => log::error!(
+            "Leader election ({what}) is forbidden: {message}; the service account needs get, create and update on leases (coordination.k8s.io) in that namespace"
+        ),
+        Err(error) => log::warn!("Leader election ({what}): {error}; trying again"),
+    }
+    let renewed_at = *lock(&leadership.renewed_at);
+    if renewed_at.is_some_and(|at| now - at >= renew_deadline) {
+        stop_leading(
+            leadership,
+            metrics,
+            what,
+            &format!("the Lease was not renewed for LEASE_RENEW_DEADLINE ({renew_deadline:?})"),
+        );
+    }
+}
+
+fn stop_leading(leadership: &Leadership, metrics: &Metrics, what: &str, why: &str) {
+    leadership.stepped_down();
+    metrics.leader.set(&[], 0);
+    metrics.leader_transitions.add(1);
+    log::warn!(
+        "This replica is no longer the leader ({what}): {why}; it stops fetching and keeps trying"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// An API server holding one Lease in memory, with resource versions and conflicts.
+    #[derive(Default)]
+    struct FakeApi {
+        lease: RefCell<Option<Lease>>,
+        versions: RefCell<u64>,
+        down: RefCell<bool>,
+    }
+
+    impl FakeApi {
+        fn store(&self, record: &LeaseRecord) -> Lease {
+            *self.versions.borrow_mut() += 1;
+            let lease = Lease {
+                record: record.clone(),
+                resource_version: self.versions.borrow().to_string(),
+            };
+            *self.lease.borrow_mut() = Some(lease.clone());
+            lease
+        }
+
+        fn holder(&self) -> String {
+            self.lease
+                .borrow()
+                .as_ref()
+                .map(|l| l.record.holder.clone())
+                .unwrap_or_default()
+        }
+    }
+
+    impl LeaseApi for &FakeApi {
+        fn get(&self) -> Result<Option<Lease>, ApiError> {
+            if *self.down.borrow() {
+                return Err(ApiError::Transport("connection refused".into()));
+            }
+            Ok(self.lease.borrow().clone())
+        }
+
+        fn create(&self, record: &LeaseRecord) -> Result<Lease, ApiError> {
+            if self.lease.borrow().is_some() {
+                return Err(ApiError::Status(409, "already exists".into()));
+            }
+            Ok(self.store(record))
+        }
+
+        fn update(&self, record: &LeaseRecord, version: &str) -> Result<Lease, ApiError> {
+            let current = self
+                .lease
+                .borrow()
+                .as_ref()
+                .map(|l| l.resource_version.clone());
+            if current.as_deref() != Some(version) {
+                return Err(ApiError::Status(409, "the object has been modified".into()));
+            }
+            Ok(self.store(record))
+        }
+    }
+
+    const DURATION: Duration = Duration::from_secs(15);
+
+    fn elector<'a>(api: &'a FakeApi, id: &str) -> Elector<&'a FakeApi> {
+        Elector::new(api, id.to_string(), DURATION)
+    }
+
+    #[test]
+    fn the_first_replica_creates_the_lease_and_the_second_waits_until_it_expires() {
+        let api = FakeApi::default();
+        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        assert_eq!(a.try_acquire_or_renew(start, wall), Ok(true));
+        assert_eq!(api.holder(), "a");
+        assert_eq!(b.try_acquire_or_renew(start, wall), Ok(false));
+        let renewed = start + Duration::from_secs(2);
+        assert_eq!(a.try_acquire_or_renew(renewed, wall), Ok(true), "a renews");
+        assert_eq!(b.try_acquire_or_renew(renewed, wall), Ok(false));
+        // a dies; b counts the lease valid for 15 s from when it saw the last change.
+        let almost = renewed + DURATION - Duration::from_millis(1);
+        assert_eq!(b.try_acquire_or_renew(almost, wall), Ok(false));
+        assert_eq!(b.try_acquire_or_renew(renewed + DURATION, wall), Ok(true));
+        let lease = api.lease.borrow().clone().unwrap();
+        assert_eq!(lease.record.holder, "b");
+        assert_eq!(lease.record.transitions, 1, "the holder changed once");
+        assert_eq!(lease.record.duration_seconds, 15);
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_acquire_time_and_the_transitions() {
+        let api = FakeApi::default();
+        let mut a = elector(&api, "a");
+        let now = Instant::now();
+        let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_227_200);
+        assert_eq!(a.try_acquire_or_renew(now, first), Ok(true));
+        let later = first + Duration::from_secs(2);
+        assert_eq!(a.try_acquire_or_renew(now, later), Ok(true));
+        let record = api.lease.borrow().clone().unwrap().record;
+        assert_eq!(record.acquire_time, "2026-12-02T16:00:00.000000Z");
+        assert_eq!(record.renew_time, "2026-12-02T16:00:02.000000Z");
+        assert_eq!(record.transitions, 0);
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_over_at_once() {
+        let api = FakeApi::default();
+        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        assert_eq!(a.try_acquire_or_renew(now, wall), Ok(true));
+        assert_eq!(b.try_acquire_or_renew(now, wall), Ok(false));
+        a.release(wall).unwrap();
+        assert_eq!(api.holder(), "");
+        assert_eq!(b.try_acquire_or_renew(now, wall), Ok(true));
+    }
+
+    #[test]
+    fn a_conflicting_write_means_another_replica_won() {
+        let api = FakeApi::default();
+        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        assert_eq!(a.try_acquire_or_renew(now, wall), Ok(true));
+        a.release(wall).unwrap();
+        // b read the released Lease, then a took it back before b's write: b's write conflicts.
+        let released = api.lease.borrow().clone().unwrap();
+        assert_eq!(a.try_acquire_or_renew(now, wall), Ok(true));
+        let record = LeaseRecord {
+            holder: "b".into(),
+            ..released.record.clone()
+        };
+        assert_eq!(
+            b.written((&api).update(&record, &released.resource_version), now),
+            Ok(false)
+        );
+        assert_eq!(api.holder(), "a");
+    }
+
+    #[test]
+    fn a_leader_that_cannot_renew_stops_fetching_within_the_renew_deadline() {
+        let api = FakeApi::default();
+        let mut a = elector(&api, "a");
+        let leadership = Leadership::new(Some(Duration::from_secs(10)));
+        let metrics = Metrics::new();
+        let start = Instant::now();
+        let mut try_at = |seconds: u64| {
+            let now = start + Duration::from_secs(seconds);
+            let held = a.try_acquire_or_renew(now, SystemTime::now());
+            let deadline = Duration::from_secs(10);
+            step(&leadership, &metrics, held, now, deadline, "lease");
+        };
+        try_at(0);
+        assert!(leadership.may_fetch() && leadership.is_leader());
+        *api.down.borrow_mut() = true;
+        try_at(9);
+        assert!(leadership.is_leader(), "still within the renew deadline");
+        try_at(10);
+        assert!(!leadership.is_leader() && !leadership.may_fetch());
+        *api.down.borrow_mut() = false;
+        try_at(11);
+        assert!(leadership.is_leader(), "it holds the Lease again");
+        assert_eq!(metrics.leader_transitions.get(), 3);
+    }
+
+    #[test]
+    fn without_an_election_every_replica_fetches() {
+        assert!(Leadership::new(None).may_fetch());
+        assert!(!Leadership::new(Some(Duration::from_secs(10))).may_fetch());
+    }
+}
