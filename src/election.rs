@@ -61,34 +61,32 @@ impl Leadership {
     }
 }
 
-/// One replica's side of the election, on `api`.
-pub struct Elector<A: LeaseApi> {
+/// One replica's side of the election, on `api`, timed by `clock` (`Instant::now`, or a test's).
+pub struct Elector<A: LeaseApi, C: Fn() -> Instant> {
     api: A,
+    clock: C,
     identity: String,
     lease_duration: Duration,
     /// The Lease as last seen, and when this replica saw it change.
     observed: Option<(Lease, Instant)>,
 }
 
-impl<A: LeaseApi> Elector<A> {
+impl<A: LeaseApi, C: Fn() -> Instant> Elector<A, C> {
     /// `identity`'s elector on `api`, writing `lease_duration` into the Lease.
-    pub fn new(api: A, identity: String, lease_duration: Duration) -> Elector<A> {
+    pub fn new(api: A, clock: C, identity: String, lease_duration: Duration) -> Elector<A, C> {
         Elector {
             api,
+            clock,
             identity,
             lease_duration,
             observed: None,
         }
     }
 
-    /// One try, at `now` (this replica's clock) and `wall` (for the Lease's times), to take the
-    /// Lease or renew it: `Ok(true)` when this replica holds it now, `Ok(false)` when another
-    /// replica holds it (or wrote first).
-    pub fn try_acquire_or_renew(
-        &mut self,
-        now: Instant,
-        wall: SystemTime,
-    ) -> Result<bool, ApiError> {
+    /// One try to take the Lease or renew it, `wall` being the time written into it: `Ok(true)`
+    /// when this replica holds it now, `Ok(false)` when another replica holds it (or wrote
+    /// first). A change is dated when its read returned, never earlier than it can have happened.
+    pub fn try_acquire_or_renew(&mut self, wall: SystemTime) -> Result<bool, ApiError> {
         let mut record = LeaseRecord {
             holder: self.identity.clone(),
             duration_seconds: self.lease_duration.as_secs().max(1),
@@ -97,8 +95,9 @@ impl<A: LeaseApi> Elector<A> {
             transitions: 0,
         };
         let Some(lease) = self.api.get()? else {
-            return self.written(self.api.create(&record), now);
+            return self.written(self.api.create(&record));
         };
+        let now = (self.clock)();
         let changed = self
             .observed
             .as_ref()
@@ -118,15 +117,15 @@ impl<A: LeaseApi> Elector<A> {
         } else {
             record.transitions = lease.record.transitions + 1;
         }
-        self.written(self.api.update(&record, &lease.resource_version), now)
+        self.written(self.api.update(&record, &lease.resource_version))
     }
 
     /// The result of a write: held on success, not held on a conflict (another replica wrote
     /// first).
-    fn written(&mut self, result: Result<Lease, ApiError>, now: Instant) -> Result<bool, ApiError> {
+    fn written(&mut self, result: Result<Lease, ApiError>) -> Result<bool, ApiError> {
         match result {
             Ok(lease) => {
-                self.observed = Some((lease, now));
+                self.observed = Some((lease, (self.clock)()));
                 Ok(true)
             }
             Err(ApiError::Status(409, _)) => Ok(false),
@@ -185,7 +184,12 @@ pub fn start(
     metrics: std::sync::Arc<Metrics>,
 ) -> std::io::Result<Election> {
     let client = KubeClient::new(config, config.retry_period);
-    let mut elector = Elector::new(client, config.identity.clone(), config.lease_duration);
+    let mut elector = Elector::new(
+        client,
+        Instant::now,
+        config.identity.clone(),
+        config.lease_duration,
+    );
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let (renew_deadline, retry_period) = (config.renew_deadline, config.retry_period);
     let lease = format!("Lease {}/{}", config.namespace, config.lease);
@@ -196,9 +200,10 @@ pub fn start(
         .spawn(move || {
             let mut standing_by_for = String::new();
             loop {
-                let now = Instant::now();
-                let held = elector.try_acquire_or_renew(now, SystemTime::now());
-                step(&leadership, &metrics, held, now, renew_deadline, &what);
+                // A renewal counts from before its request: the renew deadline is never late.
+                let started = Instant::now();
+                let held = elector.try_acquire_or_renew(SystemTime::now());
+                step(&leadership, &metrics, held, started, renew_deadline, &what);
                 let holder = elector.holder().unwrap_or_default();
                 if !leadership.is_leader() && !holder.is_empty() && holder != standing_by_for {
                     log::info!("{lease} is held by {holder:?}: this replica is a warm standby, and takes over if the Lease is not renewed");
@@ -274,17 +279,39 @@ fn stop_leading(leadership: &Leadership, metrics: &Metrics, what: &str, why: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
 
     /// An API server holding one Lease in memory, with resource versions and conflicts.
-    #[derive(Default)]
+    /// An API server holding one Lease in memory, and the replicas' clock, which only the test
+    /// and a read (taking `read_millis`) move.
     struct FakeApi {
         lease: RefCell<Option<Lease>>,
         versions: RefCell<u64>,
         down: RefCell<bool>,
+        start: Instant,
+        now: Cell<Instant>,
+        read_millis: Cell<u64>,
     }
 
     impl FakeApi {
+        fn new() -> FakeApi {
+            let start = Instant::now();
+            FakeApi {
+                lease: RefCell::new(None),
+                versions: RefCell::new(0),
+                down: RefCell::new(false),
+                start,
+                now: Cell::new(start),
+                read_millis: Cell::new(0),
+            }
+        }
+
+        /// Sets the clock to `millis` after its start, and returns that instant.
+        fn at(&self, millis: u64) -> Instant {
+            self.now.set(self.start + Duration::from_millis(millis));
+            self.now.get()
+        }
+
         fn store(&self, record: &LeaseRecord) -> Lease {
             *self.versions.borrow_mut() += 1;
             let lease = Lease {
@@ -306,6 +333,8 @@ mod tests {
 
     impl LeaseApi for &FakeApi {
         fn get(&self) -> Result<Option<Lease>, ApiError> {
+            let read = Duration::from_millis(self.read_millis.get());
+            self.now.set(self.now.get() + read);
             if *self.down.borrow() {
                 return Err(ApiError::Transport("connection refused".into()));
             }
@@ -334,26 +363,26 @@ mod tests {
 
     const DURATION: Duration = Duration::from_secs(15);
 
-    fn elector<'a>(api: &'a FakeApi, id: &str) -> Elector<&'a FakeApi> {
-        Elector::new(api, id.to_string(), DURATION)
+    fn elector<'a>(api: &'a FakeApi, id: &str) -> Elector<&'a FakeApi, impl Fn() -> Instant + 'a> {
+        Elector::new(api, move || api.now.get(), id.to_string(), DURATION)
     }
 
     #[test]
     fn the_first_replica_creates_the_lease_and_the_second_waits_until_it_expires() {
-        let api = FakeApi::default();
+        let api = FakeApi::new();
         let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
-        let start = Instant::now();
         let wall = SystemTime::now();
-        assert_eq!(a.try_acquire_or_renew(start, wall), Ok(true));
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
         assert_eq!(api.holder(), "a");
-        assert_eq!(b.try_acquire_or_renew(start, wall), Ok(false));
-        let renewed = start + Duration::from_secs(2);
-        assert_eq!(a.try_acquire_or_renew(renewed, wall), Ok(true), "a renews");
-        assert_eq!(b.try_acquire_or_renew(renewed, wall), Ok(false));
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        api.at(2_000);
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true), "a renews");
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
         // a dies; b counts the lease valid for 15 s from when it saw the last change.
-        let almost = renewed + DURATION - Duration::from_millis(1);
-        assert_eq!(b.try_acquire_or_renew(almost, wall), Ok(false));
-        assert_eq!(b.try_acquire_or_renew(renewed + DURATION, wall), Ok(true));
+        api.at(16_999);
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        api.at(17_000);
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(true));
         let lease = api.lease.borrow().clone().unwrap();
         assert_eq!(lease.record.holder, "b");
         assert_eq!(lease.record.transitions, 1, "the holder changed once");
@@ -361,14 +390,34 @@ mod tests {
     }
 
     #[test]
+    fn a_renewal_seen_late_is_dated_when_it_was_seen() {
+        let api = FakeApi::new();
+        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
+        let wall = SystemTime::now();
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        api.at(2_000);
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
+        // b's next read starts 1 s after a's renewal and takes 0.9 s: the renewal is dated when
+        // the read returned, and the Lease is valid 15 s from then.
+        api.at(3_000);
+        api.read_millis.set(900);
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        api.read_millis.set(0);
+        api.at(18_899);
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        api.at(18_900);
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(true));
+    }
+
+    #[test]
     fn a_renewal_keeps_the_acquire_time_and_the_transitions() {
-        let api = FakeApi::default();
+        let api = FakeApi::new();
         let mut a = elector(&api, "a");
-        let now = Instant::now();
         let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_227_200);
-        assert_eq!(a.try_acquire_or_renew(now, first), Ok(true));
+        assert_eq!(a.try_acquire_or_renew(first), Ok(true));
         let later = first + Duration::from_secs(2);
-        assert_eq!(a.try_acquire_or_renew(now, later), Ok(true));
+        assert_eq!(a.try_acquire_or_renew(later), Ok(true));
         let record = api.lease.borrow().clone().unwrap().record;
         assert_eq!(record.acquire_time, "2026-12-02T16:00:00.000000Z");
         assert_eq!(record.renew_time, "2026-12-02T16:00:02.000000Z");
@@ -377,34 +426,32 @@ mod tests {
 
     #[test]
     fn a_released_lease_is_taken_over_at_once() {
-        let api = FakeApi::default();
+        let api = FakeApi::new();
         let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
-        let now = Instant::now();
         let wall = SystemTime::now();
-        assert_eq!(a.try_acquire_or_renew(now, wall), Ok(true));
-        assert_eq!(b.try_acquire_or_renew(now, wall), Ok(false));
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
         a.release(wall).unwrap();
         assert_eq!(api.holder(), "");
-        assert_eq!(b.try_acquire_or_renew(now, wall), Ok(true));
+        assert_eq!(b.try_acquire_or_renew(wall), Ok(true));
     }
 
     #[test]
     fn a_conflicting_write_means_another_replica_won() {
-        let api = FakeApi::default();
+        let api = FakeApi::new();
         let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
-        let now = Instant::now();
         let wall = SystemTime::now();
-        assert_eq!(a.try_acquire_or_renew(now, wall), Ok(true));
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
         a.release(wall).unwrap();
         // b read the released Lease, then a took it back before b's write: b's write conflicts.
         let released = api.lease.borrow().clone().unwrap();
-        assert_eq!(a.try_acquire_or_renew(now, wall), Ok(true));
+        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
         let record = LeaseRecord {
             holder: "b".into(),
             ..released.record.clone()
         };
         assert_eq!(
-            b.written((&api).update(&record, &released.resource_version), now),
+            b.written((&api).update(&record, &released.resource_version)),
             Ok(false)
         );
         assert_eq!(api.holder(), "a");
@@ -412,16 +459,15 @@ mod tests {
 
     #[test]
     fn a_leader_that_cannot_renew_stops_fetching_within_the_renew_deadline() {
-        let api = FakeApi::default();
+        let api = FakeApi::new();
         let mut a = elector(&api, "a");
         let leadership = Leadership::new(Some(Duration::from_secs(10)));
         let metrics = Metrics::new();
-        let start = Instant::now();
         let mut try_at = |seconds: u64| {
-            let now = start + Duration::from_secs(seconds);
-            let held = a.try_acquire_or_renew(now, SystemTime::now());
+            let started = api.at(seconds * 1_000);
+            let held = a.try_acquire_or_renew(SystemTime::now());
             let deadline = Duration::from_secs(10);
-            step(&leadership, &metrics, held, now, deadline, "lease");
+            step(&leadership, &metrics, held, started, deadline, "lease");
         };
         try_at(0);
         assert!(leadership.may_fetch() && leadership.is_leader());
