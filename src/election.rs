@@ -8,7 +8,7 @@
 //! fetch at the same time, as long as their clocks run at about the same rate (the gap between
 //! LEASE_DURATION and LEASE_RENEW_DEADLINE is the margin).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -180,8 +180,8 @@ impl Election {
 /// and tells `leadership`; until [`Election::stop`], then it gives the Lease up.
 pub fn start(
     config: &LeaderElectionConfig,
-    leadership: std::sync::Arc<Leadership>,
-    metrics: std::sync::Arc<Metrics>,
+    leadership: Arc<Leadership>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<Election> {
     let client = KubeClient::new(config, config.retry_period);
     let mut elector = Elector::new(
@@ -191,10 +191,16 @@ pub fn start(
         config.lease_duration,
     );
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-    let (renew_deadline, retry_period) = (config.renew_deadline, config.retry_period);
+    let (retry_period, identity) = (config.retry_period, config.identity.clone());
     let lease = format!("Lease {}/{}", config.namespace, config.lease);
-    let what = format!("{:?} on {lease}", config.identity);
     metrics.leader.set(&[], 0);
+    let mut reporter = Reporter {
+        leadership,
+        metrics,
+        renew_deadline: config.renew_deadline,
+        what: format!("{:?} on {lease}", config.identity),
+        last_failure: None,
+    };
     let thread = std::thread::Builder::new()
         .name("leader-election".into())
         .spawn(move || {
@@ -203,9 +209,10 @@ pub fn start(
                 // A renewal counts from before its request: the renew deadline is never late.
                 let started = Instant::now();
                 let held = elector.try_acquire_or_renew(SystemTime::now());
-                step(&leadership, &metrics, held, started, renew_deadline, &what);
+                reporter.step(held, started);
                 let holder = elector.holder().unwrap_or_default();
-                if !leadership.is_leader() && !holder.is_empty() && holder != standing_by_for {
+                let another = !holder.is_empty() && holder != identity;
+                if another && !reporter.leadership.is_leader() && holder != standing_by_for {
                     log::info!("{lease} is held by {holder:?}: this replica is a warm standby, and takes over if the Lease is not renewed");
                     standing_by_for = holder.to_string();
                 }
@@ -214,9 +221,9 @@ pub fn start(
                     default(retry_period) => {}
                 }
             }
-            if leadership.is_leader() {
-                leadership.stepped_down();
-                metrics.leader.set(&[], 0);
+            if reporter.leadership.is_leader() {
+                reporter.leadership.stepped_down();
+                reporter.metrics.leader.set(&[], 0);
                 match elector.release(SystemTime::now()) {
                     Ok(()) => log::info!("Gave up the {lease}: a standby can take over at once"),
                     Err(error) => log::warn!("Could not give up the {lease}: {error}; a standby takes over when it expires"),
@@ -226,54 +233,97 @@ pub fn start(
     Ok(Election { stop, thread })
 }
 
-/// What one try means for this replica: leader, standby, or a leader that has to step down.
-fn step(
-    leadership: &Leadership,
-    metrics: &Metrics,
-    held: Result<bool, ApiError>,
-    now: Instant,
+/// The same failure again is logged at most this often (a long API server outage is a few lines,
+/// not one every retry period).
+const REPEATED_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the tries mean for the rest of the Director (`leadership`, `metrics`) and for the log.
+struct Reporter {
+    leadership: Arc<Leadership>,
+    metrics: Arc<Metrics>,
     renew_deadline: Duration,
-    what: &str,
-) {
-    let was_leader = leadership.is_leader();
-    match held {
-        Ok(true) => {
-            leadership.renewed(now);
-            if !was_leader {
-                metrics.leader.set(&[], 1);
-                metrics.leader_transitions.add(1);
-                log::info!("This replica is now the leader ({what}): fetching matches");
-            }
-            return;
-        }
-        Ok(false) if was_leader => {
-            stop_leading(leadership, metrics, what, "another replica holds the Lease");
-            return;
-        }
-        Ok(false) => return,
-        Err(ApiError::Status(403, message)) => log::error!(
-            "Leader election ({what}) is forbidden: {message}; the service account needs get, create and update on leases (coordination.k8s.io) in that namespace"
-        ),
-        Err(error) => log::warn!("Leader election ({what}): {error}; trying again"),
-    }
-    let renewed_at = *lock(&leadership.renewed_at);
-    if renewed_at.is_some_and(|at| now - at >= renew_deadline) {
-        stop_leading(
-            leadership,
-            metrics,
-            what,
-            &format!("the Lease was not renewed for LEASE_RENEW_DEADLINE ({renew_deadline:?})"),
-        );
-    }
+    /// This replica and its Lease, for the log.
+    what: String,
+    /// The last failure logged, and when.
+    last_failure: Option<(String, Instant)>,
 }
 
-fn stop_leading(leadership: &Leadership, metrics: &Metrics, what: &str, why: &str) {
-    leadership.stepped_down();
-    metrics.leader.set(&[], 0);
-    metrics.leader_transitions.add(1);
-    log::warn!(
-        "This replica is no longer the leader ({what}): {why}; it stops fetching and keeps trying"
-    );
+impl Reporter {
+    /// What one try, started at `now`, means for this replica: leader, standby, or a leader that
+    /// has to step down.
+    fn step(&mut self, held: Result<bool, ApiError>, now: Instant) {
+        let was_leader = self.leadership.is_leader();
+        let error = match held {
+            Ok(held) => {
+                if self.last_failure.take().is_some() {
+                    log::info!(
+                        "Leader election ({}): the API server answers again",
+                        self.what
+                    );
+                }
+                match (held, was_leader) {
+                    (true, _) => self.renewed(now, was_leader),
+                    (false, true) => self.stop_leading("another replica holds the Lease"),
+                    (false, false) => {}
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        self.failed(&error, now);
+        let renewed_at = *lock(&self.leadership.renewed_at);
+        if renewed_at.is_some_and(|at| now - at >= self.renew_deadline) {
+            let why = format!(
+                "the Lease was not renewed for LEASE_RENEW_DEADLINE ({:?})",
+                self.renew_deadline
+            );
+            self.stop_leading(&why);
+        }
+    }
+
+    fn renewed(&self, now: Instant, was_leader: bool) {
+        self.leadership.renewed(now);
+        if !was_leader {
+            self.metrics.leader.set(&[], 1);
+            self.metrics.leader_transitions.add(1);
+            log::info!(
+                "This replica is now the leader ({}): fetching matches",
+                self.what
+            );
+        }
+    }
+
+    /// Logs `error`, unless the same one was logged less than a minute ago.
+    fn failed(&mut self, error: &ApiError, now: Instant) {
+        let text = error.to_string();
+        let repeated = self
+            .last_failure
+            .as_ref()
+            .is_some_and(|(last, at)| *last == text && now - *at < REPEATED_FAILURE_LOG_INTERVAL);
+        if repeated {
+            return;
+        }
+        let what = &self.what;
+        match error {
+            ApiError::Status(403, message) => log::error!(
+                "Leader election ({what}) is forbidden: {message}; the service account needs get, create and update on leases (coordination.k8s.io) in that namespace"
+            ),
+            error => log::warn!(
+                "Leader election ({what}): {error}; trying again every LEASE_RETRY_PERIOD (the same failure is logged once a minute)"
+            ),
+        }
+        self.last_failure = Some((text, now));
+    }
+
+    fn stop_leading(&self, why: &str) {
+        self.leadership.stepped_down();
+        self.metrics.leader.set(&[], 0);
+        self.metrics.leader_transitions.add(1);
+        log::warn!(
+            "This replica is no longer the leader ({}): {why}; it stops fetching and keeps trying",
+            self.what
+        );
+    }
 }
 
 #[cfg(test)]
@@ -461,25 +511,30 @@ mod tests {
     fn a_leader_that_cannot_renew_stops_fetching_within_the_renew_deadline() {
         let api = FakeApi::new();
         let mut a = elector(&api, "a");
-        let leadership = Leadership::new(Some(Duration::from_secs(10)));
-        let metrics = Metrics::new();
+        let mut reporter = Reporter {
+            leadership: Arc::new(Leadership::new(Some(Duration::from_secs(10)))),
+            metrics: Arc::new(Metrics::new()),
+            renew_deadline: Duration::from_secs(10),
+            what: "lease".into(),
+            last_failure: None,
+        };
         let mut try_at = |seconds: u64| {
             let started = api.at(seconds * 1_000);
             let held = a.try_acquire_or_renew(SystemTime::now());
-            let deadline = Duration::from_secs(10);
-            step(&leadership, &metrics, held, started, deadline, "lease");
+            reporter.step(held, started);
+            (
+                reporter.leadership.is_leader(),
+                reporter.leadership.may_fetch(),
+            )
         };
-        try_at(0);
-        assert!(leadership.may_fetch() && leadership.is_leader());
+        assert_eq!(try_at(0), (true, true));
         *api.down.borrow_mut() = true;
-        try_at(9);
-        assert!(leadership.is_leader(), "still within the renew deadline");
-        try_at(10);
-        assert!(!leadership.is_leader() && !leadership.may_fetch());
+        assert!(try_at(9).0, "still the leader within the renew deadline");
+        assert_eq!(try_at(10), (false, false), "stepped down at the deadline");
         *api.down.borrow_mut() = false;
-        try_at(11);
-        assert!(leadership.is_leader(), "it holds the Lease again");
-        assert_eq!(metrics.leader_transitions.get(), 3);
+        assert!(try_at(11).0, "it holds the Lease again");
+        assert_eq!(reporter.metrics.leader_transitions.get(), 3);
+        assert_eq!(reporter.metrics.leader.get(&[]), 1);
     }
 
     #[test]

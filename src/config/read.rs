@@ -349,10 +349,16 @@ fn read_leader_election(r: &mut Reader) -> Option<LeaderElectionConfig> {
             &format!("{lease_duration:?} is not a whole number of seconds (a Lease holds seconds)"),
         );
     }
-    if !(lease_duration > renew_deadline && renew_deadline > retry_period.mul_f64(1.2)) {
+    if lease_duration <= renew_deadline {
         r.problem(
             "LEASE_DURATION",
-            &format!("{lease_duration:?} must be longer than LEASE_RENEW_DEADLINE ({renew_deadline:?}), and that longer than 1.2 × LEASE_RETRY_PERIOD ({retry_period:?}), as in client-go"),
+            &format!("{lease_duration:?} must be longer than LEASE_RENEW_DEADLINE ({renew_deadline:?}): a leader stops fetching before another replica may take over"),
+        );
+    }
+    if renew_deadline <= retry_period.mul_f64(1.2) {
+        r.problem(
+            "LEASE_RENEW_DEADLINE",
+            &format!("{renew_deadline:?} must be longer than 1.2 × LEASE_RETRY_PERIOD ({retry_period:?}), as in client-go: a leader gets more than one try to renew"),
         );
     }
     let host = r.optional("KUBERNETES_SERVICE_HOST");

@@ -599,13 +599,20 @@ fn every_leader_election_problem_is_named_at_once() {
     let text = problems.join("\n");
     for needle in [
         "is not a whole number of seconds",
-        "longer than 1.2 × LEASE_RETRY_PERIOD",
+        "must be longer than LEASE_RENEW_DEADLINE (11s)",
         "namespace",
         "ca.crt",
         "token",
     ] {
         assert!(text.contains(needle), "{needle:?} in {text}");
     }
+    let retries = with_lease(Fixture::new())
+        .set("LEASE_RETRY_PERIOD", "9s")
+        .problems();
+    assert_eq!(
+        retries,
+        ["LEASE_RENEW_DEADLINE: 10s must be longer than 1.2 × LEASE_RETRY_PERIOD (9s), as in client-go: a leader gets more than one try to renew"]
+    );
 }
 
 /// Every variable the Director reads that takes a value of its own syntax.

@@ -221,7 +221,10 @@ fn without_the_api_server_the_leader_stops_fetching_within_the_renew_deadline_an
     });
     api.state().silent = true;
     let silent_at = Instant::now();
-    a.wait_for_log("no longer the leader", WAIT);
+    a.wait_for_log(
+        "no longer the leader (\"a\" on Lease games/director): the Lease was not renewed for LEASE_RENEW_DEADLINE (2s)",
+        WAIT,
+    );
     let waiting = world.players(REGIONS[0], 8);
     let unanswered = || {
         api.state()
@@ -250,6 +253,10 @@ fn without_the_api_server_the_leader_stops_fetching_within_the_renew_deadline_an
         world.all_assigned(&waiting)
     });
     assert_eq!(a.lines_with("is now the leader").len(), 2, "leader again");
+    assert!(
+        a.lines_with("warm standby").is_empty(),
+        "its own Lease is not another's"
+    );
     assert_eq!(leader_gauge(&a), (1.0, 3.0));
     stop(a);
 }
