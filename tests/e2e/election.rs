@@ -306,6 +306,7 @@ fn sigterm_drains_then_gives_the_lease_up_and_the_standby_takes_over_at_once() {
     assert_eq!(a.lines_with("Gave up the Lease").len(), 1);
     let later = world.players(REGIONS[0], 8);
     wait_until(WAIT, "b assigns new players", || world.all_assigned(&later));
+    assert_eq!(fetching_hosts(&world), ["a.mmf.test", "b.mmf.test"]);
     stop(b);
 }
 
