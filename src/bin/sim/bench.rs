@@ -138,13 +138,21 @@ pub fn run(options: Options) -> ExitCode {
         }
     }
     let mapping = (!options.quick && options.wants("8")).then(|| crate::mapping_bench::run(bench));
+    let failover =
+        (!options.quick && options.wants("9")).then(|| crate::failover_bench::run(bench));
     if !rows.is_empty() {
         print!("{}", markdown(&rows, bench.runs));
     }
+    let mut scenarios = Vec::new();
     if let Some(mapping) = &mapping {
         print!("{}", mapping.markdown());
+        scenarios.push(mapping.json());
     }
-    if let Err(error) = write_json(&rows, mapping.as_ref().map(|m| m.json())) {
+    if let Some(failover) = &failover {
+        print!("{}", failover.markdown());
+        scenarios.push(failover.json());
+    }
+    if let Err(error) = write_json(&rows, &scenarios) {
         eprintln!("sim: cannot write target/bench/results.json: {error}");
         return ExitCode::FAILURE;
     }

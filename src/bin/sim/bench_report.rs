@@ -75,7 +75,7 @@ impl Row {
 }
 
 /// `median (min–max)`, or `—`.
-fn cell(spread: Option<Spread>, decimals: usize) -> String {
+pub(crate) fn cell(spread: Option<Spread>, decimals: usize) -> String {
     match spread {
         None => "—".to_string(),
         Some(s) if s.min == s.max => format!("{:.decimals$}", s.median),
@@ -156,7 +156,7 @@ pub(crate) fn markdown(rows: &[Row], runs: usize) -> String {
     out
 }
 
-fn json_spread(spread: Option<Spread>) -> String {
+pub(crate) fn json_spread(spread: Option<Spread>) -> String {
     spread.map_or_else(
         || "null".to_string(),
         |s| {
@@ -168,7 +168,7 @@ fn json_spread(spread: Option<Spread>) -> String {
     )
 }
 
-pub(crate) fn write_json(rows: &[Row], mapping: Option<String>) -> std::io::Result<()> {
+pub(crate) fn write_json(rows: &[Row], scenarios: &[String]) -> std::io::Result<()> {
     let mut entries: Vec<String> = rows
         .iter()
         .map(|row| {
@@ -185,7 +185,7 @@ pub(crate) fn write_json(rows: &[Row], mapping: Option<String>) -> std::io::Resu
             )
         })
         .collect();
-    entries.extend(mapping.map(|json| format!("  {json}")));
+    entries.extend(scenarios.iter().map(|json| format!("  {json}")));
     std::fs::create_dir_all("target/bench")?;
     std::fs::write(
         "target/bench/results.json",

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_report;
 mod demo;
+mod failover_bench;
 mod mapping_bench;
 mod soak;
 mod world;
