@@ -80,6 +80,26 @@ fn pause(world: &World, since: Instant, name: &str) -> Option<(f64, f64)> {
     ))
 }
 
+/// After [`STEADY`] of matchmaking, `end` ends the leader; returns the pause until `successor`
+/// fetches, and until a match is assigned.
+fn handover(
+    world: &mut World,
+    arrivals: &mut Arrivals,
+    end: impl FnOnce(),
+    successor: &str,
+) -> (f64, f64) {
+    let steady = Instant::now() + STEADY;
+    step_until(world, arrivals, "steady state", |_| {
+        Instant::now() >= steady
+    });
+    let ended = Instant::now();
+    end();
+    step_until(world, arrivals, "the successor's first assignment", |w| {
+        pause(w, ended, successor).is_some()
+    });
+    pause(world, ended, successor).expect("the successor took over")
+}
+
 fn one_run(bench: &Bench) -> [f64; 4] {
     let config = WorldConfig {
         fleet_per_region: 100_000,
@@ -95,27 +115,9 @@ fn one_run(bench: &Bench) -> [f64; 4] {
     let (mut a, a_log) = replica(&mut world, "a");
     step_until(&mut world, &mut arrivals, "a to lead", |_| holds("a"));
     let (mut b, b_log) = replica(&mut world, "b");
-    let steady = Instant::now() + STEADY;
-    step_until(&mut world, &mut arrivals, "steady state", |_| {
-        Instant::now() >= steady
-    });
-    let killed = Instant::now();
-    a.kill();
-    step_until(&mut world, &mut arrivals, "b's first assignment", |w| {
-        pause(w, killed, "b").is_some()
-    });
-    let (kill_fetch, kill_assign) = pause(&world, killed, "b").expect("b took over");
+    let (kill_fetch, kill_assign) = handover(&mut world, &mut arrivals, || a.kill(), "b");
     let (mut c, c_log) = replica(&mut world, "c");
-    let steady = Instant::now() + STEADY;
-    step_until(&mut world, &mut arrivals, "steady state", |_| {
-        Instant::now() >= steady
-    });
-    let stopping = Instant::now();
-    b.terminate();
-    step_until(&mut world, &mut arrivals, "c's first assignment", |w| {
-        pause(w, stopping, "c").is_some()
-    });
-    let (term_fetch, term_assign) = pause(&world, stopping, "c").expect("c took over");
+    let (term_fetch, term_assign) = handover(&mut world, &mut arrivals, || b.terminate(), "c");
     b.wait_exit(EXIT_BOUND);
     c.terminate();
     c.wait_exit(EXIT_BOUND);
