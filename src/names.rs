@@ -9,9 +9,13 @@ pub fn is_label_key(key: &str) -> bool {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
-    let prefix_ok =
-        prefix.is_none_or(|p| is_dns_name(p) && !p.bytes().any(|b| b.is_ascii_uppercase()));
-    prefix_ok && !name.is_empty() && is_label_value(name)
+    prefix.is_none_or(is_object_name) && !name.is_empty() && is_label_value(name)
+}
+
+/// Whether `name` is a Kubernetes object name (a Lease's, or a label key's prefix): a lower-case
+/// DNS subdomain.
+pub fn is_object_name(name: &str) -> bool {
+    is_dns_name(name) && !name.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// Whether `name` is a DNS host name: dot-separated labels of letters, digits and inner hyphens,
@@ -46,9 +50,7 @@ pub fn is_label_value(value: &str) -> bool {
 /// Whether `namespace` is a valid Kubernetes namespace name: an RFC 1123 label (lower-case
 /// letters, digits and inner hyphens, at most 63 characters).
 pub fn is_namespace(namespace: &str) -> bool {
-    !namespace.contains('.')
-        && is_dns_name(namespace)
-        && !namespace.bytes().any(|b| b.is_ascii_uppercase())
+    !namespace.contains('.') && is_object_name(namespace)
 }
 
 /// `text` made into a valid Kubernetes label value: other characters become `-`, at most 63

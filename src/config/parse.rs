@@ -25,7 +25,9 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| "is too large".to_string())
 }
 
-pub(super) fn non_zero(d: Duration) -> Result<Duration, String> {
+/// A duration that must be greater than zero.
+pub(super) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
     if d.is_zero() {
         Err("must be greater than zero".to_string())
     } else {

@@ -12,8 +12,8 @@ use super::files::{
     read_service_account_file,
 };
 use super::parse::{
-    count, non_zero, overlap, parse_band_list, parse_bands, parse_bool, parse_duration,
-    parse_host_port, parse_port, parse_rate_limit, parse_regions,
+    count, overlap, parse_band_list, parse_bands, parse_bool, parse_duration, parse_host_port,
+    parse_port, parse_positive_duration, parse_rate_limit, parse_regions,
 };
 use super::reader::Reader;
 use super::{
@@ -21,7 +21,7 @@ use super::{
     LeaderElectionConfig, OpenMatchConfig, Origin, ProfileConfig, Timing,
     DEFAULT_BACKFILL_ID_ANNOTATION, RELEASE_MARGIN,
 };
-use crate::names::{is_dns_name, is_label_key, is_namespace};
+use crate::names::{is_dns_name, is_label_key, is_namespace, is_object_name};
 use crate::tls::TlsMaterial;
 
 /// The whole configuration through `lookup`, with the checks of `origin`, or every problem.
@@ -47,9 +47,7 @@ pub(super) fn config(
         allocate_rate_limit: r.optional_parsed("ALLOCATE_RATE_LIMIT", parse_rate_limit),
         queue_capacity: r.parsed("QUEUE_CAPACITY", "64", |s| count(s, 1, 1_000_000)),
         metrics_addr: read_metrics_addr(&mut r),
-        cert_reload_interval: r.parsed("CERT_RELOAD_INTERVAL", "10s", |s| {
-            parse_duration(s).and_then(non_zero)
-        }),
+        cert_reload_interval: r.parsed("CERT_RELOAD_INTERVAL", "10s", parse_positive_duration),
         leader_election: read_leader_election(&mut r),
         warnings: Vec::new(),
     };
@@ -321,7 +319,7 @@ fn read_profiles(r: &mut Reader) -> ProfileConfig {
 fn read_leader_election(r: &mut Reader) -> Option<LeaderElectionConfig> {
     let lease = r.optional("LEADER_ELECTION_LEASE")?;
     let problems_before = r.problems.len();
-    if !is_dns_name(&lease) || lease.bytes().any(|b| b.is_ascii_uppercase()) {
+    if !is_object_name(&lease) {
         r.problem(
             "LEADER_ELECTION_LEASE",
             &format!("{lease:?} is not a Lease name (a lower-case DNS name)"),
@@ -339,10 +337,9 @@ fn read_leader_election(r: &mut Reader) -> Option<LeaderElectionConfig> {
         );
     }
     let identity = r.optional("POD_NAME").unwrap_or_else(host_name);
-    let positive = |s: &str| parse_duration(s).and_then(non_zero);
-    let lease_duration = r.parsed("LEASE_DURATION", "15s", positive);
-    let renew_deadline = r.parsed("LEASE_RENEW_DEADLINE", "10s", positive);
-    let retry_period = r.parsed("LEASE_RETRY_PERIOD", "2s", positive);
+    let lease_duration = r.parsed("LEASE_DURATION", "15s", parse_positive_duration);
+    let renew_deadline = r.parsed("LEASE_RENEW_DEADLINE", "10s", parse_positive_duration);
+    let retry_period = r.parsed("LEASE_RETRY_PERIOD", "2s", parse_positive_duration);
     if lease_duration.subsec_nanos() != 0 {
         r.problem(
             "LEASE_DURATION",
@@ -404,19 +401,22 @@ fn host_name() -> String {
 }
 
 fn read_timing(r: &mut Reader) -> Timing {
-    let positive = |s: &str| parse_duration(s).and_then(non_zero);
     let problems_before = r.problems.len();
     let timing = Timing {
-        interval: r.parsed("INTERVAL", "5s", positive),
-        fetch_timeout: r.parsed("FETCH_TIMEOUT", "30s", positive),
-        allocate_timeout: r.parsed("ALLOCATE_TIMEOUT", "10s", positive),
-        assign_timeout: r.parsed("ASSIGN_TIMEOUT", "5s", positive),
+        interval: r.parsed("INTERVAL", "5s", parse_positive_duration),
+        fetch_timeout: r.parsed("FETCH_TIMEOUT", "30s", parse_positive_duration),
+        allocate_timeout: r.parsed("ALLOCATE_TIMEOUT", "10s", parse_positive_duration),
+        assign_timeout: r.parsed("ASSIGN_TIMEOUT", "5s", parse_positive_duration),
         allocate_retry_budget: r.parsed("ALLOCATE_RETRY_BUDGET", "20s", parse_duration),
         assign_retry_budget: r.parsed("ASSIGN_RETRY_BUDGET", "10s", parse_duration),
         shutdown_timeout: r.parsed("SHUTDOWN_TIMEOUT", "25s", parse_duration),
-        queue_timeout: r.parsed("QUEUE_TIMEOUT", "10s", positive),
-        match_deadline: r.parsed("MATCH_DEADLINE", "45s", positive),
-        pending_release_timeout: r.parsed("OPENMATCH_PENDING_RELEASE_TIMEOUT", "60s", positive),
+        queue_timeout: r.parsed("QUEUE_TIMEOUT", "10s", parse_positive_duration),
+        match_deadline: r.parsed("MATCH_DEADLINE", "45s", parse_positive_duration),
+        pending_release_timeout: r.parsed(
+            "OPENMATCH_PENDING_RELEASE_TIMEOUT",
+            "60s",
+            parse_positive_duration,
+        ),
     };
     if r.problems.len() == problems_before {
         check_match_deadline(r, &timing);
