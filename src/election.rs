@@ -41,10 +41,16 @@ impl Leadership {
     /// Whether FetchMatches may start now: no election, or this replica holds the Lease and
     /// renewed it less than LEASE_RENEW_DEADLINE ago.
     pub fn may_fetch(&self) -> bool {
+        self.renewed_in_time(Instant::now())
+    }
+
+    /// Whether, at `now`, there is no election or this replica renewed the Lease less than
+    /// LEASE_RENEW_DEADLINE before.
+    fn renewed_in_time(&self, now: Instant) -> bool {
         let Some(deadline) = self.renew_deadline else {
             return true;
         };
-        lock(&self.renewed_at).is_some_and(|at| at.elapsed() < deadline)
+        lock(&self.renewed_at).is_some_and(|at| now.saturating_duration_since(at) < deadline)
     }
 
     /// Whether this replica counts itself the leader (it may be past its renew deadline).
@@ -197,7 +203,6 @@ pub fn start(
     let mut reporter = Reporter {
         leadership,
         metrics,
-        renew_deadline: config.renew_deadline,
         what: format!("{:?} on {lease}", config.identity),
         last_failure: None,
     };
@@ -241,7 +246,6 @@ const REPEATED_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 struct Reporter {
     leadership: Arc<Leadership>,
     metrics: Arc<Metrics>,
-    renew_deadline: Duration,
     /// This replica and its Lease, for the log.
     what: String,
     /// The last failure logged, and when.
@@ -271,11 +275,10 @@ impl Reporter {
             Err(error) => error,
         };
         self.failed(&error, now);
-        let renewed_at = *lock(&self.leadership.renewed_at);
-        if renewed_at.is_some_and(|at| now - at >= self.renew_deadline) {
+        if was_leader && !self.leadership.renewed_in_time(now) {
             let why = format!(
                 "the Lease was not renewed for LEASE_RENEW_DEADLINE ({:?})",
-                self.renew_deadline
+                self.leadership.renew_deadline.unwrap_or_default()
             );
             self.stop_leading(&why);
         }
@@ -331,9 +334,8 @@ mod tests {
     use super::*;
     use std::cell::{Cell, RefCell};
 
-    /// An API server holding one Lease in memory, with resource versions and conflicts.
-    /// An API server holding one Lease in memory, and the replicas' clock, which only the test
-    /// and a read (taking `read_millis`) move.
+    /// An API server holding one Lease in memory, with resource versions and conflicts, and the
+    /// replicas' clock, which only the test and a read (taking `read_millis`) move.
     struct FakeApi {
         lease: RefCell<Option<Lease>>,
         versions: RefCell<u64>,
@@ -514,7 +516,6 @@ mod tests {
         let mut reporter = Reporter {
             leadership: Arc::new(Leadership::new(Some(Duration::from_secs(10)))),
             metrics: Arc::new(Metrics::new()),
-            renew_deadline: Duration::from_secs(10),
             what: "lease".into(),
             last_failure: None,
         };

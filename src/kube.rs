@@ -73,6 +73,8 @@ pub struct KubeClient {
     agent: ureq::Agent,
     /// `https://host:port/apis/coordination.k8s.io/v1/namespaces/<namespace>/leases`.
     leases_url: String,
+    /// `<leases_url>/<name>`.
+    lease_url: String,
     name: String,
     namespace: String,
     token_file: PathBuf,
@@ -94,12 +96,14 @@ impl KubeClient {
             .timeout(timeout)
             .user_agent(crate::USER_AGENT)
             .build();
+        let leases_url = format!(
+            "https://{}/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+            config.api_server, config.namespace
+        );
         KubeClient {
             agent,
-            leases_url: format!(
-                "https://{}/apis/coordination.k8s.io/v1/namespaces/{}/leases",
-                config.api_server, config.namespace
-            ),
+            lease_url: format!("{leases_url}/{}", config.lease),
+            leases_url,
             name: config.lease.clone(),
             namespace: config.namespace.clone(),
             token_file: config.token_file.clone(),
@@ -173,7 +177,7 @@ impl KubeClient {
     /// Whether the service account may update `lease`: a dry-run PUT of it unchanged. A 409 (it
     /// changed meanwhile) means it was authorized.
     pub fn may_update(&self, lease: &Lease) -> Result<(), ApiError> {
-        let url = format!("{}/{}?dryRun=All", self.leases_url, self.name);
+        let url = format!("{}?dryRun=All", self.lease_url);
         let body = self.body(&lease.record, Some(&lease.resource_version));
         authorized(self.request("PUT", &url, Some(&body)))
     }
@@ -189,8 +193,7 @@ fn authorized(answer: Result<String, ApiError>) -> Result<(), ApiError> {
 
 impl LeaseApi for KubeClient {
     fn get(&self) -> Result<Option<Lease>, ApiError> {
-        let url = format!("{}/{}", self.leases_url, self.name);
-        match self.request("GET", &url, None) {
+        match self.request("GET", &self.lease_url, None) {
             Ok(text) => parse_lease(&text).map(Some),
             Err(ApiError::Status(404, _)) => Ok(None),
             Err(error) => Err(error),
@@ -203,9 +206,8 @@ impl LeaseApi for KubeClient {
     }
 
     fn update(&self, record: &LeaseRecord, resource_version: &str) -> Result<Lease, ApiError> {
-        let url = format!("{}/{}", self.leases_url, self.name);
         let body = self.body(record, Some(resource_version));
-        parse_lease(&self.request("PUT", &url, Some(&body))?)
+        parse_lease(&self.request("PUT", &self.lease_url, Some(&body))?)
     }
 }
 
