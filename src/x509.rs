@@ -262,6 +262,7 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::{CertificateParams, KeyPair};
 
     #[test]
     fn micro_time_has_six_fractional_digits_in_utc() {
@@ -269,7 +270,6 @@ mod tests {
         assert_eq!(micro_time(time), "2026-12-02T16:00:00.123456Z");
         assert_eq!(micro_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
     }
-    use rcgen::{CertificateParams, KeyPair};
 
     fn certificate(names: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();

@@ -8,12 +8,22 @@ use agones_openmatch_director::doubles::apiserver::FakeApiServer;
 use agones_openmatch_director::doubles::certs::{TestCa, Usage};
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
 
-fn assert_fails_with(world: &World, expected: &[&str]) -> String {
-    let (code, report) = world.env.check();
-    assert_eq!(code, Some(1), "{report}");
+/// Runs `director check`; expects exit code `code` and every text of `expected` in the report.
+fn check_reports(world: &World, code: i32, expected: &[&str]) -> String {
+    let (exit, report) = world.env.check();
+    assert_eq!(exit, Some(code), "{report}");
     for text in expected {
         assert!(report.contains(text), "missing {text:?} in:\n{report}");
     }
+    report
+}
+
+fn assert_usable_with(world: &World, expected: &[&str]) {
+    check_reports(world, 0, expected);
+}
+
+fn assert_fails_with(world: &World, expected: &[&str]) -> String {
+    let report = check_reports(world, 1, expected);
     assert!(report.contains("Result: NOT usable"));
     report
 }
@@ -21,10 +31,10 @@ fn assert_fails_with(world: &World, expected: &[&str]) -> String {
 #[test]
 fn good_setup_is_usable() {
     let world = World::new();
-    let (code, report) = world.env.check();
-    assert_eq!(code, Some(0), "{report}");
-    for text in [
-        "Configuration: valid (2 regions × 2 bands)",
+    assert_usable_with(
+        &world,
+        &[
+            "Configuration: valid (2 regions × 2 bands)",
         "ok    AGONES_CA_CERT ",
         "ok    AGONES_CLIENT_CERT ",
         "ok    TCP connection to 127.0.0.1:",
@@ -32,10 +42,9 @@ fn good_setup_is_usable() {
         "handshake completed",
         "ok    the server asked for our client certificate and accepted it",
         "ok    the backend answers",
-        "Result: everything is usable.",
-    ] {
-        assert!(report.contains(text), "missing {text:?} in:\n{report}");
-    }
+            "Result: everything is usable.",
+        ],
+    );
     assert!(
         world.allocator.state().requests.is_empty(),
         "the check allocates nothing"
@@ -191,15 +200,14 @@ fn world_with_lease() -> (World, FakeApiServer) {
 #[test]
 fn the_lease_may_be_read_created_and_updated_in_dry_runs_only() {
     let (world, api) = world_with_lease();
-    let (code, report) = world.env.check();
-    assert_eq!(code, Some(0), "{report}");
-    for text in [
-        "Leader election: Lease games/director as ",
-        "ok    may read the Lease (it does not exist yet)",
-        "ok    may create the Lease (dry run)",
-    ] {
-        assert!(report.contains(text), "missing {text:?} in:\n{report}");
-    }
+    assert_usable_with(
+        &world,
+        &[
+            "Leader election: Lease games/director as ",
+            "ok    may read the Lease (it does not exist yet)",
+            "ok    may create the Lease (dry run)",
+        ],
+    );
     assert!(api.state().leases.is_empty(), "a dry run stores nothing");
     let dry_runs = api
         .state()
@@ -213,12 +221,7 @@ fn the_lease_may_be_read_created_and_updated_in_dry_runs_only() {
         !api.state().leases.is_empty()
     });
     stop(director);
-    let (code, report) = world.env.check();
-    assert_eq!(code, Some(0), "{report}");
-    assert!(
-        report.contains("ok    may update the Lease (dry run)"),
-        "{report}"
-    );
+    assert_usable_with(&world, &["ok    may update the Lease (dry run)"]);
     assert_eq!(api.state().holder("games", "director").as_deref(), Some(""));
 }
 

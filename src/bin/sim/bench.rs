@@ -424,7 +424,7 @@ fn backlog(config: WorldConfig, matches: usize, latencies: &[f64]) -> Measured {
 }
 
 /// Starts the Director with warnings only, draining its log so that it never blocks on the pipe.
-fn start_quietly(world: &mut World) -> (Director, std::thread::JoinHandle<()>) {
+pub(crate) fn start_quietly(world: &mut World) -> (Director, std::thread::JoinHandle<()>) {
     let mut director = world.start_director("warn");
     let log = director.log_lines();
     let drain = std::thread::spawn(move || log.for_each(drop));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agones_openmatch_director::doubles::apiserver::FakeApiServer;
 use agones_openmatch_director::doubles::director::Director;
 
-use crate::bench::Bench;
+use crate::bench::{start_quietly, Bench};
 use crate::bench_report::{cell, json_spread, Spread};
 use crate::world::{Arrivals, World, WorldConfig, EXIT_BOUND};
 
@@ -32,9 +32,7 @@ fn replica(world: &mut World, name: &str) -> (Director, JoinHandle<()>) {
         ("POD_NAME".into(), name.into()),
         ("OPENMATCH_MATCH_FUNCTION_ADDR".into(), host(name)),
     ];
-    let mut director = world.start_director("warn");
-    let log = director.log_lines();
-    (director, std::thread::spawn(move || log.for_each(drop)))
+    start_quietly(world)
 }
 
 fn host(name: &str) -> String {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{with_lease, Fixture};
+use super::{variables, with_lease, Fixture};
 use crate::doubles::certs::TempDir;
 
 #[test]
@@ -47,12 +47,8 @@ fn every_leader_election_problem_is_named_at_once() {
         .set("LEASE_DURATION", "10500ms")
         .set("LEASE_RENEW_DEADLINE", "11s")
         .problems();
-    let named: Vec<&str> = problems
-        .iter()
-        .map(|p| p.split(':').next().unwrap())
-        .collect();
     assert_eq!(
-        named,
+        variables(&problems),
         [
             "LEADER_ELECTION_LEASE",
             "LEADER_ELECTION_NAMESPACE",

@@ -46,6 +46,14 @@ impl Fixture {
     }
 }
 
+/// The variable each problem names, in order.
+fn variables(problems: &[String]) -> Vec<&str> {
+    problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap())
+        .collect()
+}
+
 #[test]
 fn every_default() {
     let config = Fixture::new().load().expect("defaults are valid");
@@ -169,12 +177,8 @@ fn every_problem_is_reported_at_once_with_its_variable() {
         .set("METRICS_ADDR", "localhost")
         .set("BACKFILL_ID_ANNOTATION", "backfill id")
         .problems();
-    let vars: Vec<&str> = problems
-        .iter()
-        .map(|p| p.split(':').next().unwrap())
-        .collect();
     assert_eq!(
-        vars,
+        variables(&problems),
         [
             "OPENMATCH_BACKEND_PORT",
             "REGIONS",
