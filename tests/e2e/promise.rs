@@ -150,15 +150,24 @@ fn a_stage_budget_that_does_not_fit_the_match_deadline_exits_2_before_any_call()
 
 /// A worker that cannot be started (here: no address space left for its stack) stops the start
 /// before any fetcher runs: no match is fetched that no worker could take, and none is left pending.
+///
+/// Every thread asks for a 1 GiB stack and the process may map 64.5 GiB, so the spawn that fails
+/// is a worker's (2 × 1,024 of them), whatever the number of threads before them, and leaves about
+/// 512 MiB less the process's own mappings for everything else: no other allocation (a thread's
+/// signal stack, the heap, a gRPC thread) can be the one that runs out. One malloc arena keeps the
+/// process's own mappings small.
 #[test]
 fn a_worker_that_cannot_start_stops_the_start_before_any_fetch() {
     let mut world = World::new();
     world.env.set("ALLOCATOR_THREADS", "1024");
+    world.env.set("RUST_MIN_STACK", (1u64 << 30).to_string());
+    world.env.set("MALLOC_ARENA_MAX", "1");
     let tickets = world.players("us-east-1", 8);
+    let address_space_kib = (64 << 20) + (512 << 10);
     let wrapper = world.env.dir.write(
-        "director-with-little-memory",
+        "director-with-little-address-space",
         format!(
-            "#!/bin/sh\nulimit -v 1000000\nexec {} \"$@\"\n",
+            "#!/bin/sh\nulimit -v {address_space_kib}\nexec {} \"$@\"\n",
             world.env.binary.display()
         ),
     );
@@ -171,7 +180,8 @@ fn a_worker_that_cannot_start_stops_the_start_before_any_fetch() {
     let mut director = world.env.start();
     let status = director.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{:?}", director.log());
-    assert_eq!(director.lines_with("Cannot start").len(), 1);
+    let failed = director.lines_with("Cannot start: thread alloc-");
+    assert_eq!(failed.len(), 1, "{:?}", director.log());
     assert!(world.om.state().fetches.is_empty(), "no FetchMatches");
     assert!(tickets
         .iter()
