@@ -10,6 +10,7 @@ mod accelerator;
 mod architecture;
 mod backfill;
 mod check;
+mod documentation;
 mod dropin;
 mod election;
 mod failures;
