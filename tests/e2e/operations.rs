@@ -370,10 +370,13 @@ fn a_throttled_burst_is_assigned_or_released_within_queue_timeout_and_the_limit_
             "match {id} finished {took:?} after it was streamed"
         );
     }
+    // The Director's turns are a second apart; the double sees each call after its own latency,
+    // which a loaded machine stretches by tens of milliseconds (52 ms seen): allow a quarter second.
+    let latency_jitter = 0.25;
     let calls = world.allocator.state().call_times.clone();
     for (i, first) in calls.iter().enumerate() {
         for (j, later) in calls.iter().enumerate().skip(i) {
-            let allowed = 1.0 + (*later - *first).as_secs_f64() + 0.05;
+            let allowed = 1.0 + (*later - *first).as_secs_f64() + latency_jitter;
             assert!(
                 (j - i + 1) as f64 <= allowed,
                 "{} Allocate calls within {:?}",
