@@ -336,7 +336,11 @@ fn lease_path(path: &str) -> Option<(String, Option<String>)> {
     parts.next().is_none().then_some((namespace, name))
 }
 
-/// A pod's service account volume: `ca.crt` (the double's CA), `token` and `namespace` (`games`),
+/// The namespace in a [`ServiceAccount`] volume.
+pub const SERVICE_ACCOUNT_NAMESPACE: &str = "games";
+
+/// A pod's service account volume: `ca.crt` (the double's CA), `token` and `namespace`
+/// ([`SERVICE_ACCOUNT_NAMESPACE`]),
 /// published the way the kubelet publishes a projected volume (an atomic `..data` swap).
 pub struct ServiceAccount {
     /// The volume's directory (SERVICE_ACCOUNT_DIR).
@@ -367,7 +371,7 @@ impl ServiceAccount {
         volume.publish(&[
             ("ca.crt", self.ca_pem.as_str()),
             ("token", token),
-            ("namespace", "games"),
+            ("namespace", SERVICE_ACCOUNT_NAMESPACE),
         ]);
         self.version = volume.version;
     }

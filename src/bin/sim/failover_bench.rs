@@ -12,10 +12,9 @@ use agones_openmatch_director::doubles::director::Director;
 
 use crate::bench::{start_quietly, Bench};
 use crate::bench_report::{cell, json_spread, Spread};
-use crate::world::{Arrivals, World, WorldConfig, EXIT_BOUND};
+use crate::world::{lease_holder, replica_host, Arrivals, World, WorldConfig, EXIT_BOUND, LEASE};
 
 const ARRIVALS_PER_SECOND: f64 = 40.0;
-const LEASE: &str = "director";
 /// Matchmaking before the leader goes, with the standby started.
 const STEADY: Duration = Duration::from_secs(3);
 
@@ -25,18 +24,10 @@ pub struct FailoverFigures {
     runs: Vec<[f64; 4]>,
 }
 
-/// Starts replica `name`, whose FetchMatches name the match function host `<name>.mmf.sim`, its
-/// log drained.
+/// Starts replica `name`, its log drained.
 fn replica(world: &mut World, name: &str) -> (Director, JoinHandle<()>) {
-    world.config.director_env = vec![
-        ("POD_NAME".into(), name.into()),
-        ("OPENMATCH_MATCH_FUNCTION_ADDR".into(), host(name)),
-    ];
+    world.as_replica(name);
     start_quietly(world)
-}
-
-fn host(name: &str) -> String {
-    format!("{name}.mmf.sim")
 }
 
 /// Runs the world (players arriving) until `done` holds; gives up after two minutes.
@@ -60,7 +51,7 @@ fn step_until(
 /// after `since`; `None` until both happened.
 fn pause(world: &World, since: Instant, name: &str) -> Option<(f64, f64)> {
     let om = world.doubles.om.state();
-    let host = host(name);
+    let host = replica_host(name);
     let fetch = om
         .fetch_times
         .iter()
@@ -108,7 +99,7 @@ fn one_run(bench: &Bench) -> [f64; 4] {
     world.doubles.om.state().keep_requests = true;
     let api = FakeApiServer::start("token");
     let _account = world.doubles.env.elect_on(&api, LEASE, "token");
-    let holds = |name: &str| api.state().holder("games", LEASE).as_deref() == Some(name);
+    let holds = |name: &str| lease_holder(&api).as_deref() == Some(name);
     let mut arrivals = Arrivals::new(ARRIVALS_PER_SECOND);
     let (mut a, a_log) = replica(&mut world, "a");
     step_until(&mut world, &mut arrivals, "a to lead", |_| holds("a"));

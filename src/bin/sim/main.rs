@@ -19,7 +19,8 @@ use std::time::Duration;
 const USAGE: &str = "usage:
   sim demo [--duration SECS] [--arrival-rate PLAYERS_PER_SEC] [--fleet GAME_SERVERS_PER_REGION]
            [--session SECS] [--allocator-latency MS] [--error-rate 0..1] [--outage REGION]
-           [--regions A,B] [--threads N] [--backfill 0..1]
+           [--regions A,B] [--threads N] [--backfill 0..1] [--replicas 1|2]
+           [--kill-leader-after SECS]
   sim bench [--quick | --only SCENARIO] [--director PATH]
   sim soak [--minutes MINUTES] [--arrival-rate PLAYERS_PER_SEC] [--director PATH] [--backfill 0..1]
            [--faults AllocatorUnavailable,AllocatorHang,AllocatorReset,OpenMatchRestart,CertificateRotation,SlowHttpClients]";

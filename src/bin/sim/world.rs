@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agones_openmatch_director::doubles;
 use agones_openmatch_director::doubles::agones::{AgonesState, FakeAllocator, Fleet};
+use agones_openmatch_director::doubles::apiserver::{FakeApiServer, SERVICE_ACCOUNT_NAMESPACE};
 use agones_openmatch_director::doubles::certs::SecretVolume;
 use agones_openmatch_director::doubles::director::Director;
 use agones_openmatch_director::doubles::openmatch::FakeOpenMatch;
@@ -246,6 +247,33 @@ impl World {
         }
         env.start_piped()
     }
+}
+
+/// The Lease that replicas elect their leader on (`sim demo --replicas 2`, bench scenario 9).
+pub const LEASE: &str = "director";
+
+/// The match function host that replica `name`'s FetchMatches name, so that the Open Match double
+/// tells whose call it got.
+pub fn replica_host(name: &str) -> String {
+    format!("{name}.mmf.sim")
+}
+
+impl World {
+    /// Makes the next [`World::start_director`] replica `name` (its POD_NAME), whose FetchMatches
+    /// name the match function host [`replica_host`].
+    pub fn as_replica(&mut self, name: &str) {
+        self.config.director_env = vec![
+            ("POD_NAME".into(), name.into()),
+            ("OPENMATCH_MATCH_FUNCTION_ADDR".into(), replica_host(name)),
+        ];
+    }
+}
+
+/// The replica that holds [`LEASE`] in `api` now, if any.
+pub fn lease_holder(api: &FakeApiServer) -> Option<String> {
+    api.state()
+        .holder(SERVICE_ACCOUNT_NAMESPACE, LEASE)
+        .filter(|holder| !holder.is_empty())
 }
 
 /// How long one [`World::step`] of the simulation is.
