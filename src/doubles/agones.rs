@@ -12,6 +12,7 @@ use crate::proto::allocation::{
     AllocationResponse_GameServerStatusPort, GameServerSelector_GameServerState,
 };
 use crate::proto::allocation_grpc::{create_allocation_service, AllocationService};
+use crate::sync::lock;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 
@@ -267,7 +268,7 @@ impl FakeAllocator {
 
     /// Locks the state for reading or for setting faults.
     pub fn state(&self) -> MutexGuard<'_, AgonesState> {
-        self.state.lock().unwrap()
+        lock(&self.state)
     }
 
     /// Stops serving (the state is kept); calls fail with UNAVAILABLE until restarted.
@@ -351,7 +352,7 @@ fn delayer() -> Sender<Delayed> {
 impl Allocator {
     /// Decides the reply and, for an allocation, allocates a game server.
     fn decide(&self, request: AllocationRequest) -> (Reply, Result<AllocationResponse, RpcStatus>) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         state.calls += 1;
         if state.keep_requests {
             state.call_times.push(Instant::now());
@@ -506,7 +507,7 @@ impl AllocationService for Allocator {
         request: AllocationRequest,
         sink: UnarySink<AllocationResponse>,
     ) {
-        self.state.lock().unwrap().peers.insert(ctx.peer());
+        lock(&self.state).peers.insert(ctx.peer());
         match self.decide(request) {
             (Reply::Hang(delay), result) => {
                 let send = move || {
@@ -516,7 +517,7 @@ impl AllocationService for Allocator {
                     };
                     let _ = futures_executor::block_on(send);
                 };
-                let sequence = self.state.lock().unwrap().calls as u64;
+                let sequence = lock(&self.state).calls as u64;
                 let _ = self.delayed.send(Delayed {
                     at: Instant::now() + delay,
                     sequence,

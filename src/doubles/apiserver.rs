@@ -16,6 +16,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use serde_json::{json, Value};
 
 use super::certs::{SecretVolume, TestCa, Usage};
+use crate::sync::lock;
 
 /// The path of the Leases of every namespace: `/apis/coordination.k8s.io/v1/namespaces/`.
 const LEASES_PREFIX: &str = "/apis/coordination.k8s.io/v1/namespaces/";
@@ -129,7 +130,7 @@ impl FakeApiServer {
 
     /// Its state, locked.
     pub fn state(&self) -> MutexGuard<'_, ApiState> {
-        self.state.lock().unwrap()
+        lock(&self.state)
     }
 }
 
@@ -146,7 +147,7 @@ fn serve_connection(stream: TcpStream, tls: Arc<ServerConfig>, state: &Mutex<Api
             .unwrap_or("")
             .to_string();
         let (status, answer) = {
-            let mut state = state.lock().unwrap();
+            let mut state = lock(state);
             let (status, answer) = if state.silent {
                 (0, Value::Null)
             } else {
@@ -161,7 +162,7 @@ fn serve_connection(stream: TcpStream, tls: Arc<ServerConfig>, state: &Mutex<Api
             (status, answer)
         };
         if status == 0 {
-            while state.lock().unwrap().silent {
+            while lock(state).silent {
                 std::thread::sleep(Duration::from_millis(20));
             }
             return;

@@ -14,6 +14,7 @@ use super::agones::AgonesPki;
 use super::apiserver::{FakeApiServer, ServiceAccount};
 use super::certs::TempDir;
 use super::wait::wait_until;
+use crate::sync::lock;
 
 /// The `director` binary cargo built next to the running executable (a test binary lives one
 /// directory deeper, in `deps/`).
@@ -195,7 +196,7 @@ impl Director {
         self.reader = Some(std::thread::spawn(move || {
             for line in lines {
                 eprintln!("  director| {line}");
-                sink.lock().unwrap().push(line);
+                lock(&sink).push(line);
             }
         }));
         self
@@ -209,7 +210,7 @@ impl Director {
 
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        lock(&self.log).clone()
     }
 
     /// The log lines containing `needle`.

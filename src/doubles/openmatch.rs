@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::proto::backend::*;
 use crate::proto::backend_grpc::{create_backend_service, BackendService};
 use crate::proto::messages::{Match, SearchFields, Ticket};
+use crate::sync::lock;
 use futures_util::{SinkExt, TryFutureExt};
 
 pub use super::om_state::{
@@ -62,7 +63,7 @@ impl FakeOpenMatch {
 
     /// Locks the state for reading or for setting faults.
     pub fn state(&self) -> MutexGuard<'_, OmState> {
-        self.state.lock().unwrap()
+        lock(&self.state)
     }
 
     /// Adds a ticket with the given double args and tags; returns its id.
@@ -179,7 +180,7 @@ struct Backend {
 impl Backend {
     /// Matches for the request's profile, and the code to fail the stream with after them.
     fn make_matches(&self, request: &FetchMatchesRequest) -> (Vec<Match>, Option<RpcStatusCode>) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         if state.keep_requests {
             state.fetches.push(request.clone());
             let host = request.get_config().get_host().to_string();
@@ -309,7 +310,7 @@ impl BackendService for Backend {
         request: ReleaseTicketsRequest,
         sink: UnarySink<ReleaseTicketsResponse>,
     ) {
-        let mut guard = self.state.lock().unwrap();
+        let mut guard = lock(&self.state);
         let state = &mut *guard;
         let ids = request.get_ticket_ids().to_vec();
         if state.faults.hang_writes {
@@ -342,7 +343,7 @@ impl BackendService for Backend {
 impl Backend {
     /// Whether calls are to hang (`faults.hang_writes`).
     fn hangs_writes(&self) -> bool {
-        self.state.lock().unwrap().faults.hang_writes
+        lock(&self.state).faults.hang_writes
     }
 
     /// Answers a write at once, or after `faults.slow_writes` (from a thread of its own, so that
@@ -353,7 +354,7 @@ impl Backend {
         sink: UnarySink<T>,
         result: Result<T, RpcStatus>,
     ) {
-        let delay = self.state.lock().unwrap().faults.slow_writes;
+        let delay = lock(&self.state).faults.slow_writes;
         if delay.is_zero() {
             return reply(ctx, sink, result);
         }
@@ -368,11 +369,11 @@ impl Backend {
 
     /// Keeps a call open without answering it.
     fn hold<T: Send + 'static>(&self, sink: UnarySink<T>) {
-        self.state.lock().unwrap().hung.push(Box::new(sink));
+        lock(&self.state).hung.push(Box::new(sink));
     }
 
     fn assign(&self, request: AssignTicketsRequest) -> Result<AssignTicketsResponse, RpcStatus> {
-        let mut guard = self.state.lock().unwrap();
+        let mut guard = lock(&self.state);
         let state = &mut *guard;
         if state.keep_requests {
             state.assigns.push(request.clone());
@@ -423,4 +424,40 @@ pub fn reply<T: Send + 'static>(ctx: RpcContext, sink: UnarySink<T>, result: Res
         Err(status) => sink.fail(status),
     };
     ctx.spawn(send.unwrap_or_else(|_| ()));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use grpcio::{CallOption, ChannelBuilder, Environment};
+
+    use super::*;
+    use crate::proto::backend_grpc::BackendServiceClient;
+
+    /// A test whose assertion fails while it holds the double's state must still get an answer
+    /// from the double, and the double must still stop when the test unwinds: a poisoned state
+    /// would kill its gRPC thread, and a server without one never finishes its shutdown.
+    #[test]
+    fn a_panic_while_holding_the_state_leaves_the_double_answering() {
+        let om = FakeOpenMatch::start();
+        let failed_assertion = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _state = om.state();
+            panic!("an assertion fails while the test holds the state");
+        }));
+        assert!(failed_assertion.is_err());
+        let channel = ChannelBuilder::new(Arc::new(Environment::new(1)))
+            .connect(&format!("127.0.0.1:{}", om.port));
+        let answer = BackendServiceClient::new(channel).release_tickets_opt(
+            &ReleaseTicketsRequest::default(),
+            CallOption::default().timeout(Duration::from_secs(5)),
+        );
+        if answer.is_err() {
+            // Its gRPC thread is gone, so it could not shut down: leave it, to report the failure.
+            std::mem::forget(om);
+        }
+        assert!(answer.is_ok(), "the double answered: {answer:?}");
+    }
 }

@@ -121,15 +121,19 @@ fn a_match_is_released_within_its_match_deadline_whatever_the_attempt_timeouts()
     let tickets = world.players("us-east-1", 4);
     let director = world.env.start();
     wait_until(WAIT, "the match released", || world.all_released(&tickets));
-    let match_id = world.match_of(&tickets[0]);
-    let took = {
+    // Released tickets can be matched again at once: every match released so far counts.
+    let took: Vec<Duration> = {
         let om = world.om.state();
-        let issued = &om.matches[&match_id];
-        issued.released_at.unwrap() - issued.streamed_at
+        om.matches
+            .values()
+            .filter_map(|issued| Some(issued.released_at? - issued.streamed_at))
+            .collect()
     };
+    assert!(!took.is_empty());
     assert!(
-        took <= Duration::from_millis(4_500),
-        "released {took:?} after it was streamed"
+        took.iter()
+            .all(|took| *took <= Duration::from_millis(4_500)),
+        "released {took:?} after they were streamed"
     );
     let accounting = final_accounting(&stop(director));
     assert_eq!(accounting.released, accounting.received);
