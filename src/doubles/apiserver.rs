@@ -51,6 +51,9 @@ pub struct ApiState {
     /// Runs before a 401 is sent (a test rotates the token file here).
     pub on_unauthorized: Option<Box<dyn FnMut() + Send>>,
     next_version: u64,
+    /// Set when the server is dropped: it accepts no more connections, and a silent
+    /// connection ends.
+    stopped: bool,
 }
 
 impl ApiState {
@@ -117,10 +120,14 @@ impl FakeApiServer {
             silent: false,
             on_unauthorized: None,
             next_version: 0,
+            stopped: false,
         }));
         let (tls, shared) = (Arc::new(tls), Arc::clone(&state));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                if lock(&shared).stopped {
+                    return;
+                }
                 let (tls, state) = (Arc::clone(&tls), Arc::clone(&shared));
                 std::thread::spawn(move || serve_connection(stream, tls, &state));
             }
@@ -131,6 +138,15 @@ impl FakeApiServer {
     /// Its state, locked.
     pub fn state(&self) -> MutexGuard<'_, ApiState> {
         lock(&self.state)
+    }
+}
+
+impl Drop for FakeApiServer {
+    /// Stops it: the accept loop, woken by one more connection, sees `stopped` and closes the
+    /// listener.
+    fn drop(&mut self) {
+        self.state().stopped = true;
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
@@ -162,7 +178,10 @@ fn serve_connection(stream: TcpStream, tls: Arc<ServerConfig>, state: &Mutex<Api
             (status, answer)
         };
         if status == 0 {
-            while lock(state).silent {
+            while {
+                let state = lock(state);
+                state.silent && !state.stopped
+            } {
                 std::thread::sleep(Duration::from_millis(20));
             }
             return;
@@ -375,5 +394,22 @@ impl ServiceAccount {
             ("namespace", SERVICE_ACCOUNT_NAMESPACE),
         ]);
         self.version = volume.version;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::doubles::wait::wait_until;
+
+    /// A dropped server closes its port (and its accept thread ends) instead of serving on.
+    #[test]
+    fn a_dropped_server_closes_its_port() {
+        let port = FakeApiServer::start("token").port;
+        wait_until(Duration::from_secs(10), "the port closed", || {
+            TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
     }
 }
