@@ -419,14 +419,26 @@ mod tests {
         Elector::new(api, move || api.now.get(), id.to_string(), DURATION)
     }
 
-    #[test]
-    fn the_first_replica_creates_the_lease_and_the_second_waits_until_it_expires() {
-        let api = FakeApi::new();
-        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
-        let wall = SystemTime::now();
+    /// Replicas `a` and `b` on `api` at `wall`, after `a` created the Lease and `b` saw it held.
+    fn a_leads_and_b_stands_by<'a>(
+        api: &'a FakeApi,
+        wall: SystemTime,
+    ) -> (
+        Elector<&'a FakeApi, impl Fn() -> Instant + 'a>,
+        Elector<&'a FakeApi, impl Fn() -> Instant + 'a>,
+    ) {
+        let (mut a, mut b) = (elector(api, "a"), elector(api, "b"));
         assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
         assert_eq!(api.holder(), "a");
         assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        (a, b)
+    }
+
+    #[test]
+    fn the_first_replica_creates_the_lease_and_the_second_waits_until_it_expires() {
+        let api = FakeApi::new();
+        let wall = SystemTime::now();
+        let (mut a, mut b) = a_leads_and_b_stands_by(&api, wall);
         api.at(2_000);
         assert_eq!(a.try_acquire_or_renew(wall), Ok(true), "a renews");
         assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
@@ -444,10 +456,8 @@ mod tests {
     #[test]
     fn a_renewal_seen_late_is_dated_when_it_was_seen() {
         let api = FakeApi::new();
-        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
         let wall = SystemTime::now();
-        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
-        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        let (mut a, mut b) = a_leads_and_b_stands_by(&api, wall);
         api.at(2_000);
         assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
         // b's next read starts 1 s after a's renewal and takes 0.9 s: the renewal is dated when
@@ -479,10 +489,8 @@ mod tests {
     #[test]
     fn a_released_lease_is_taken_over_at_once() {
         let api = FakeApi::new();
-        let (mut a, mut b) = (elector(&api, "a"), elector(&api, "b"));
         let wall = SystemTime::now();
-        assert_eq!(a.try_acquire_or_renew(wall), Ok(true));
-        assert_eq!(b.try_acquire_or_renew(wall), Ok(false));
+        let (mut a, mut b) = a_leads_and_b_stands_by(&api, wall);
         a.release(wall).unwrap();
         assert_eq!(api.holder(), "");
         assert_eq!(b.try_acquire_or_renew(wall), Ok(true));

@@ -187,14 +187,42 @@ impl Replica {
         }
     }
 
-    /// SIGTERM unless killed, then its exit code (`None` after a signal) once it has exited.
-    fn stop(mut self) -> (&'static str, Option<i32>, bool) {
+    /// SIGTERM unless killed, then how it ended, once it has exited.
+    fn stop(mut self) -> Exit {
         if !self.killed {
             self.director.terminate();
         }
         let code = self.director.wait_exit(EXIT_BOUND).code();
         let _ = self.printer.join();
-        (self.name, code, self.killed)
+        Exit {
+            name: self.name,
+            code,
+            killed: self.killed,
+        }
+    }
+}
+
+/// How a replica ended.
+struct Exit {
+    name: &'static str,
+    /// Its exit code; `None` after a signal.
+    code: Option<i32>,
+    /// Whether the demo killed it (`--kill-leader-after`).
+    killed: bool,
+}
+
+impl Exit {
+    /// Killed on purpose, or exited with code 0.
+    fn as_expected(&self) -> bool {
+        self.killed || self.code == Some(0)
+    }
+
+    fn describe(&self) -> String {
+        match (self.killed, self.code) {
+            (true, _) => "killed".to_string(),
+            (false, Some(code)) => format!("exit code {code}"),
+            (false, None) => "exit code none (signal)".to_string(),
+        }
     }
 }
 
@@ -281,10 +309,7 @@ pub fn run(options: Options) -> ExitCode {
         status.p99.as_secs_f64() * 1e3,
         describe_exits(&exits, election.is_some())
     );
-    if exits
-        .iter()
-        .all(|(_, code, killed)| *killed || *code == Some(0))
-    {
+    if exits.iter().all(Exit::as_expected) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -312,18 +337,13 @@ fn kill_leader(replicas: &mut [Replica], leader: Option<String>, screen: &Mutex<
 }
 
 /// "director exit code 0", or each replica's exit.
-fn describe_exits(exits: &[(&str, Option<i32>, bool)], elected: bool) -> String {
-    let code = |(_, code, killed): &(&str, Option<i32>, bool)| match (killed, code) {
-        (true, _) => "killed".to_string(),
-        (false, Some(code)) => format!("exit code {code}"),
-        (false, None) => "exit code none (signal)".to_string(),
-    };
+fn describe_exits(exits: &[Exit], elected: bool) -> String {
     if !elected {
-        return format!("director {}", code(&exits[0]));
+        return format!("director {}", exits[0].describe());
     }
     let each: Vec<String> = exits
         .iter()
-        .map(|e| format!("{} {}", e.0, code(e)))
+        .map(|exit| format!("{} {}", exit.name, exit.describe()))
         .collect();
     format!("directors: {}", each.join(", "))
 }
