@@ -221,11 +221,16 @@ impl Director {
             .collect()
     }
 
-    /// Waits until a log line contains `needle`.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+    /// Waits until a log line contains `needle`; returns the lines that do. The log is read by a
+    /// thread of its own, so a line the Director wrote just before a call the doubles saw may not
+    /// be in [`lines_with`](Self::lines_with) yet: a check for a line waits for it here.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let mut lines = Vec::new();
         wait_until(timeout, &format!("a log line with {needle:?}"), || {
-            !self.lines_with(needle).is_empty()
+            lines = self.lines_with(needle);
+            !lines.is_empty()
         });
+        lines
     }
 
     /// Whether the process is still running.

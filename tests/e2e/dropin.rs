@@ -15,7 +15,7 @@ fn the_original_manifest_runs_with_only_the_image_changed() {
     ];
     let director = original
         .assigns_through_the_accelerators(|| DirectorEnv::start_in(&original.app, &args, &vars));
-    let started = director.lines_with("Started with the original director's flags");
+    let started = director.wait_for_log("Started with the original director's flags", WAIT);
     assert_eq!(started.len(), 1, "{:#?}", director.log());
     for file in [
         "Agones client certificate agones-tls/tls.crt, key agones-tls/tls.key, CA agones-tls/ca.crt",
@@ -24,7 +24,7 @@ fn the_original_manifest_runs_with_only_the_image_changed() {
     ] {
         assert!(started[0].contains(file), "{file:?} in {}", started[0]);
     }
-    let overlap = director.lines_with("RANGES (-ranges): bands 50-74 and 74-99 overlap");
+    let overlap = director.wait_for_log("RANGES (-ranges): bands 50-74 and 74-99 overlap", WAIT);
     assert_eq!(overlap.len(), 1, "{:#?}", director.log());
     assert!(overlap[0].contains("WARN"));
 

@@ -252,6 +252,9 @@ fn without_the_api_server_the_leader_stops_fetching_within_the_renew_deadline_an
     wait_until(WAIT, "the waiting players assigned", || {
         world.all_assigned(&waiting)
     });
+    wait_until(WAIT, "the second 'is now the leader' line", || {
+        a.lines_with("is now the leader").len() >= 2
+    });
     assert_eq!(a.lines_with("is now the leader").len(), 2, "leader again");
     assert!(
         a.lines_with("warm standby").is_empty(),
@@ -303,7 +306,7 @@ fn sigterm_drains_then_gives_the_lease_up_and_the_standby_takes_over_at_once() {
         last_assigned < released_at,
         "the Lease was given up after the drain"
     );
-    assert_eq!(a.lines_with("Gave up the Lease").len(), 1);
+    assert_eq!(a.wait_for_log("Gave up the Lease", WAIT).len(), 1);
     let later = world.players(REGIONS[0], 8);
     wait_until(WAIT, "b assigns new players", || world.all_assigned(&later));
     assert_eq!(fetching_hosts(&world), ["a.mmf.test", "b.mmf.test"]);

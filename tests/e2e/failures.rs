@@ -90,9 +90,10 @@ fn one_region_exhausted_forever_releases_its_tickets_after_the_budget() {
         "retried within the budget before releasing"
     );
     assert!(director.is_running());
-    assert!(!director
-        .lines_with("RESOURCE_EXHAUSTED: injected; releasing its 4 tickets")
-        .is_empty());
+    director.wait_for_log(
+        "RESOURCE_EXHAUSTED: injected; releasing its 4 tickets",
+        WAIT,
+    );
     let accounting = final_accounting(&stop(director));
     assert_eq!(accounting.assigned, 1);
     assert!(accounting.released >= 1);
@@ -171,8 +172,9 @@ fn matches_streamed_before_a_fetch_error_are_still_assigned() {
     wait_until(WAIT, "both matches assigned", || {
         world.all_assigned(&tickets)
     });
-    let failure = director.lines_with(
+    let failure = director.wait_for_log(
         "FetchMatches for profile latency-us-east-1-0-49 failed after 2 matches: UNKNOWN",
+        WAIT,
     );
     assert_eq!(failure.len(), 1, "the stream error is logged once");
     assert!(
@@ -244,13 +246,13 @@ fn validation_errors_are_not_retried_and_release_at_once() {
     }
     assert_eq!(
         director
-            .lines_with("422 (Agones validation error): injected; releasing")
+            .wait_for_log("422 (Agones validation error): injected; releasing", WAIT)
             .len(),
         1
     );
     assert_eq!(
         director
-            .lines_with("INVALID_ARGUMENT: injected; releasing")
+            .wait_for_log("INVALID_ARGUMENT: injected; releasing", WAIT)
             .len(),
         1
     );
@@ -267,7 +269,7 @@ fn allocation_without_ports_is_released_and_the_server_named() {
     let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
     let director = world.env.start();
     wait_until(WAIT, "tickets released", || world.all_released(&tickets));
-    let unusable = director.lines_with("Game server gs-us-east-1-1 allocated for match");
+    let unusable = director.wait_for_log("Game server gs-us-east-1-1 allocated for match", WAIT);
     assert_eq!(unusable.len(), 1);
     assert!(
         unusable[0].contains("is unusable") && unusable[0].contains("no port named \"default\"")
@@ -331,8 +333,7 @@ fn assignment_that_keeps_failing_orphans_the_server_and_releases_once() {
     let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
     let director = world.env.start();
     wait_until(WAIT, "tickets released", || world.all_released(&tickets));
-    let orphaned = director.lines_with("is orphaned");
-    assert!(!orphaned.is_empty());
+    let orphaned = director.wait_for_log("is orphaned", WAIT);
     assert!(
         orphaned[0].contains("game server gs-us-east-1-1"),
         "{}",
@@ -364,7 +365,7 @@ fn a_match_without_tickets_is_skipped_with_a_warning() {
     let tickets = world.om.add_players(&["us-east-1"], "us-east-1", 10.0, 4);
     let director = world.env.start();
     wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
-    let skipped = director.lines_with("Skipping match empty-0");
+    let skipped = director.wait_for_log("Skipping match empty-0", WAIT);
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0].contains("WARN") && skipped[0].contains("it has no tickets"));
     let accounting = final_accounting(&stop(director));
@@ -453,8 +454,7 @@ fn matches_that_wait_past_the_queue_timeout_are_released_in_a_batch() {
             .iter()
             .any(|ids| ids.len() >= 8 * 4)
     });
-    director.wait_for_log("waited longer than QUEUE_TIMEOUT", WAIT);
-    let batch = director.lines_with("waited longer than QUEUE_TIMEOUT");
+    let batch = director.wait_for_log("waited longer than QUEUE_TIMEOUT", WAIT);
     assert!(batch[0].contains("WARN"), "{}", batch[0]);
     assert_eq!(
         world.allocator.state().requests.len(),

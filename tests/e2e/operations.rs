@@ -115,7 +115,7 @@ fn a_ca_bundle_with_a_certificate_whose_dates_cannot_be_read_is_used_and_its_exp
     let cert = world.env.vars["AGONES_CA_CERT"].clone();
     let warning = format!("Certificate #2 in {cert}: dates unknown (malformed DER)");
     assert_eq!(
-        director.lines_with(&warning).len(),
+        director.wait_for_log(&warning, WAIT).len(),
         1,
         "{:#?}",
         director.log()
@@ -228,9 +228,8 @@ fn client_certificate_rotates_through_a_symlink_swap_without_losing_a_match() {
         ("tls.crt", &mismatched.cert_pem),
         ("tls.key", &new.key_pem),
     ]);
-    director.wait_for_log("Rejected new agones TLS material", WAIT);
     let rejected = director
-        .lines_with("Rejected new agones TLS material")
+        .wait_for_log("Rejected new agones TLS material", WAIT)
         .remove(0);
     assert!(
         rejected.contains("tls.key does not match the certificate"),

@@ -158,7 +158,7 @@ fn client_certificate_the_allocator_does_not_trust_releases_tickets_without_cras
         "no request got past the handshake"
     );
     assert_eq!(world.om.state().assigned(), 0);
-    assert!(!director.lines_with("UNAVAILABLE").is_empty());
+    director.wait_for_log("UNAVAILABLE", WAIT);
     stop(director);
 }
 
@@ -210,9 +210,7 @@ fn allocator_certificate_is_verified_against_agones_tls_server_name() {
     );
     let director = world.env.start();
     wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
-    assert!(!director
-        .lines_with("server name agones-allocator.agones-system.svc")
-        .is_empty());
+    director.wait_for_log("server name agones-allocator.agones-system.svc", WAIT);
     stop(director);
 }
 
@@ -237,7 +235,7 @@ fn open_match_over_mutual_tls() {
     let tickets = world.players("us-east-2", 4);
     let director = world.env.start();
     wait_until(WAIT, "tickets assigned", || world.all_assigned(&tickets));
-    assert!(!director.lines_with("(mTLS), match function").is_empty());
+    director.wait_for_log("(mTLS), match function", WAIT);
     stop(director);
 }
 
